@@ -1,0 +1,45 @@
+# Two commands a fresh machine needs: `make grade` and `make test`.
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed-stamp
+OUT     ?= reports
+
+.PHONY: setup system-deps grade test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[test]'
+	touch $(STAMP)
+
+## setup: create .venv and install the project with its pinned test dependencies
+setup: system-deps $(STAMP)
+
+## system-deps: Debian packages (bubblewrap, redis-server, chromium) when running as root
+system-deps:
+	@bash scripts/system-deps.sh
+
+## grade: grade the sample submissions into $(OUT)/
+grade: setup
+	$(BIN)/mbgd-grader grade submissions --out $(OUT)
+
+## test: lint, then the whole test suite
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: throughput and speed benchmarks (not part of make test)
+bench: setup
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
