@@ -101,6 +101,7 @@ class GradeResult(BaseModel):
     checks: list[CheckResult] = Field(default_factory=list)
     answer_name: str | None = None  # which variable was graded as LOSS20
     diagnosis: str = ""  # one-line headline for the learner
+    mistake: str = ""  # machine id of the main finding ("batch_size_10", "data_changed", ...)
     integrity: IntegrityStatus = "not_checked"
     sandbox: str = ""
     grader_version: str = ""

@@ -1,6 +1,5 @@
 """The lab 'Mini-Batch Gradient Descent' as pure functions: the numbers learners are graded on."""
 
-from reference.methods import METHODS, expected
 from reference.lab import (
     LabData,
     LabSettings,
@@ -9,6 +8,7 @@ from reference.lab import (
     train_bgd,
     train_minibatch,
 )
+from reference.methods import METHODS, expected
 from reference.mistakes import Mistake, mistake_info, mistake_variants
 
 __all__ = [

@@ -130,7 +130,9 @@ def _variants(settings: LabSettings, data: LabData) -> dict[str, list[float]]:
     variants: dict[str, list[float]] = {}
     for batch_size in range(1, 61):
         if batch_size != RIGHT_BATCH_SIZE:
-            variants[f"batch_size_{batch_size}"] = train_minibatch(data, batch_size, settings).losses
+            variants[f"batch_size_{batch_size}"] = train_minibatch(
+                data, batch_size, settings
+            ).losses
     batch10 = train_minibatch(data, 10, settings)
     variants["weights_not_reset"] = train_minibatch(
         data, RIGHT_BATCH_SIZE, settings, start=batch10.final_weights

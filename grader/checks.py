@@ -1,0 +1,395 @@
+"""The rubric's checks: from what a notebook produced (`Execution`) to points and messages.
+
+Each check is one small function returning a `CheckResult`; `evaluate` finds the answer once
+and hands every check the same facts, so the messages never contradict each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from grader.compare import Tolerance, find_window, first_difference, matching_prefix, starts_with
+from grader.diagnosis import Finding, data_finding, divergence_finding, mistake_finding
+from grader.models import Axes, CheckResult, Curve, Execution, GradeResult, Variable
+from grader.rubric import CheckSpec, Rubric
+from reference import LabSettings, expected
+
+ANSWER_METHOD = "LOSS20"
+DATA_NAMES = frozenset({"X", "Y", "f"})
+LEGEND_NAMES = {
+    "LOSS_BGD": "batch gradient descent",
+    "LOSS_SGD": "stochastic gradient descent",
+    "LOSS_MINI5": "mini-batch, batch size 5",
+    "LOSS_MINI10": "mini-batch, batch size 10",
+    "LOSS20": "mini-batch, batch size 20",
+}
+
+
+@dataclass
+class Answer:
+    """Where the learner's batch-20 losses were found, if anywhere."""
+
+    name: str | None = None  # variable graded as LOSS20
+    values: list[float] = field(default_factory=list)
+    by_alias: bool = False
+    alias_empty: str | None = None  # an alias that exists but holds nothing
+    window: tuple[str, int] | None = None  # right numbers found inside another list
+
+
+@dataclass
+class Facts:
+    """Everything the checks share, computed once per submission."""
+
+    execution: Execution
+    rubric: Rubric
+    tol: Tolerance
+    settings: LabSettings
+    expected: dict[str, list[float]]
+    answer: Answer
+    data: Finding | None
+    mistake: Finding | None = None
+
+    @property
+    def want(self) -> list[float]:
+        return self.expected[ANSWER_METHOD]
+
+
+def _numeric(variable: Variable) -> bool:
+    return variable.length > 0 and len(variable.values) > 0
+
+
+def find_answer(variables: dict[str, Variable], rubric: Rubric, want: list[float]) -> Answer:
+    """By alias first (in the rubric's order), then by value under any other name."""
+    tol = Tolerance(rubric.answer.rtol, rubric.answer.atol)
+    answer = Answer()
+    for alias in rubric.answer.aliases:
+        variable = variables.get(alias)
+        if variable is None:
+            continue
+        if _numeric(variable):
+            return Answer(name=alias, values=variable.values, by_alias=True)
+        answer.alias_empty = answer.alias_empty or alias
+    candidates = [v for name, v in variables.items() if name not in DATA_NAMES and _numeric(v)]
+    for variable in candidates:
+        if starts_with(variable.values, want, tol):
+            answer.name, answer.values = variable.name, variable.values
+            return answer
+    for variable in candidates:
+        offset = find_window(variable.values, want, tol)
+        if offset is not None:
+            answer.window = (variable.name, offset)
+            return answer
+    return answer
+
+
+def _result(
+    spec: CheckSpec,
+    passed: bool,
+    message: str,
+    *,
+    fraction: float | None = None,
+    diagnosis: str = "",
+) -> CheckResult:
+    share = (1.0 if passed else 0.0) if fraction is None else fraction
+    return CheckResult(
+        id=spec.id,
+        name=spec.title,
+        points=round(spec.points * share, 4),
+        max_points=spec.points,
+        passed=passed,
+        message=message,
+        diagnosis=diagnosis,
+    )
+
+
+def check_notebook_runs(spec: CheckSpec, facts: Facts) -> CheckResult:
+    execution = facts.execution
+    failed = [cell for cell in execution.cells if cell.status in ("error", "timeout", "died")]
+    not_run = sum(1 for cell in execution.cells if cell.status == "not_run")
+    if not failed and execution.fate == "ok":
+        return _result(spec, True, "Every cell ran without errors.")
+    parts = []
+    for cell in failed[:5]:
+        if cell.status == "error":
+            parts.append(f"cell {cell.index} raised {cell.error_name}: {cell.error_value}")
+        elif cell.status == "timeout":
+            parts.append(f"cell {cell.index} did not finish in time and was stopped")
+        else:
+            parts.append(f"the kernel died while running cell {cell.index}")
+    if len(failed) > 5:
+        parts.append(f"and {len(failed) - 5} more")
+    if not_run:
+        parts.append(f"{not_run} cells after it could not run")
+    if execution.fate == "oom":
+        parts.append("the notebook ran out of memory")
+    if execution.fate == "timeout" and not failed:
+        parts.append("the notebook ran out of its total time budget")
+    return _result(spec, False, "; ".join(parts).capitalize() + ".")
+
+
+def check_present(spec: CheckSpec, facts: Facts) -> CheckResult:
+    answer = facts.answer
+    if answer.by_alias:
+        return _result(spec, True, f"Found your batch-20 losses in {answer.name}.")
+    if answer.name:
+        return _result(
+            spec, True, f"Found the batch-20 losses under the name {answer.name} (by value)."
+        )
+    if answer.window:
+        name, offset = answer.window
+        where = f"{answer.alias_empty} is empty, but" if answer.alias_empty else "No LOSS20, but"
+        return _result(
+            spec,
+            False,
+            f"{where} the batch-20 losses were appended to {name} (from entry {offset} on). "
+            "Append them to LOSS20 instead.",
+            diagnosis="appended_to_wrong_list",
+        )
+    if answer.alias_empty:
+        return _result(
+            spec,
+            False,
+            f"{answer.alias_empty} exists but holds no numbers. Append the loss at the start of "
+            "each epoch inside your batch-20 training loop.",
+        )
+    return _result(
+        spec,
+        False,
+        "No list named LOSS20 (or LOSS_MINI20, ...) was found, and no other list holds the "
+        "batch-20 losses. Store the loss of each epoch in a list called LOSS20.",
+    )
+
+
+def _mismatch_message(facts: Facts, got: list[float]) -> tuple[str, str]:
+    epochs = len(facts.want)
+    difference = first_difference(got, facts.want, facts.tol)
+    where = ""
+    if difference and difference.got is not None:
+        where = (
+            f"First difference at epoch {difference.epoch}: expected "
+            f"{difference.expected:.6g}, got {difference.got:.6g}. "
+        )
+    finding = facts.mistake
+    if finding is not None:
+        return where + finding.message, finding.id
+    if len(got) < epochs:
+        return where + f"LOSS20 holds {len(got)} values; the lab runs {epochs} epochs.", ""
+    return (
+        where + "This does not match any mistake the grader knows. Compare your loop with the "
+        "batch-10 one: same start weights (w=-15, b=-10), lr=0.1, the loss recorded before "
+        "each epoch, a DataLoader with batch_size=20.",
+        "unknown",
+    )
+
+
+def check_values(spec: CheckSpec, facts: Facts) -> CheckResult:
+    answer = facts.answer
+    if facts.data is not None:
+        return _result(spec, False, facts.data.message, diagnosis=facts.data.id)
+    if answer.window:
+        name, offset = answer.window
+        return _result(
+            spec,
+            False,
+            f"Your batch-20 losses are right but sit in {name}[{offset}:], not in LOSS20.",
+            diagnosis="appended_to_wrong_list",
+        )
+    if not answer.name:
+        return _result(
+            spec, False, "There is no LOSS20 to compare with the reference.", diagnosis="no_answer"
+        )
+    got, epochs = answer.values, len(facts.want)
+    if starts_with(got, facts.want, facts.tol):
+        extra = (
+            f" (graded on the first {epochs} of your {len(got)} epochs)"
+            if len(got) > epochs
+            else ""
+        )
+        return _result(spec, True, f"All {epochs} epochs match the reference{extra}.")
+    matched = matching_prefix(got, facts.want, facts.tol)
+    if len(got) < epochs and matched == len(got):
+        return _result(
+            spec,
+            False,
+            f"Your {len(got)} values match the reference, but the lab runs {epochs} epochs: "
+            f"run train for {epochs} epochs. Partial credit for {len(got)} of {epochs}.",
+            fraction=len(got) / epochs,
+            diagnosis="too_few_epochs",
+        )
+    message, diagnosis = _mismatch_message(facts, got)
+    return _result(spec, False, message, diagnosis=diagnosis)
+
+
+def _all_axes(execution: Execution) -> list[Axes]:
+    return [axes for figure in execution.figures for axes in figure.axes]
+
+
+def _accepted_curves(facts: Facts, method: str) -> list[list[float]]:
+    """A plotted line counts for a method if it is the reference or the learner's own list."""
+    curves = [facts.expected[method]]
+    own = facts.answer.values if method == ANSWER_METHOD else None
+    variable = facts.execution.variables.get(method)
+    if own is None and variable is not None and _numeric(variable):
+        own = variable.values
+    if own:
+        curves.append(own[: len(facts.want)])
+    return curves
+
+
+def _line_matches(y: list[float], curves: list[list[float]], tol: Tolerance) -> bool:
+    return any(starts_with(y, curve, tol) for curve in curves if curve)
+
+
+def _methods_on(axes: Axes, facts: Facts) -> dict[str, int]:
+    """Which of the five methods each line of these axes shows: method -> line index."""
+    found: dict[str, int] = {}
+    for method in facts.expected:
+        curves = _accepted_curves(facts, method)
+        for index, line in enumerate(axes.lines):
+            if _line_matches(line.y, curves, facts.tol):
+                found.setdefault(method, index)
+                break
+    return found
+
+
+def best_comparison_axes(facts: Facts) -> tuple[Axes | None, dict[str, int]]:
+    best: tuple[Axes | None, dict[str, int]] = (None, {})
+    for axes in _all_axes(facts.execution):
+        methods = _methods_on(axes, facts)
+        if len(methods) > len(best[1]):
+            best = (axes, methods)
+    return best
+
+
+def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
+    curves = _accepted_curves(facts, ANSWER_METHOD)
+    for axes in _all_axes(facts.execution):
+        for line in axes.lines:
+            if _line_matches(line.y, curves, facts.tol):
+                label = f" (labelled '{line.label}')" if line.label else ""
+                return _result(spec, True, f"Your batch-20 losses are plotted{label}.")
+    if not facts.execution.figures:
+        return _result(spec, False, "The notebook drew no figures.")
+    return _result(
+        spec,
+        False,
+        "No plotted line shows the batch-20 losses. Plot LOSS20, e.g. "
+        "plt.plot(LOSS20, label='Mini-Batch Gradient Descent, Batch size: 20').",
+    )
+
+
+def check_all_methods(spec: CheckSpec, facts: Facts) -> CheckResult:
+    axes, methods = best_comparison_axes(facts)
+    if len(methods) == len(facts.expected):
+        return _result(spec, True, "One figure compares all five methods.")
+    missing = [LEGEND_NAMES[m] for m in facts.expected if m not in methods]
+    if axes is None:
+        return _result(spec, False, "No figure shows any of the five methods' losses.")
+    return _result(
+        spec,
+        False,
+        f"The figure with the most methods shows {len(methods)} of 5; missing: "
+        + ", ".join(missing)
+        + ". Plot all five loss lists in one figure.",
+    )
+
+
+def check_legend(spec: CheckSpec, facts: Facts) -> CheckResult:
+    axes, methods = best_comparison_axes(facts)
+    if axes is None or len(methods) < len(facts.expected):
+        return _result(spec, False, "There is no figure with all five methods to label.")
+    unlabeled = [
+        LEGEND_NAMES[m] for m, index in methods.items() if not axes.lines[index].label.strip()
+    ]
+    if not axes.legend:
+        return _result(
+            spec, False, "The figure with all five methods has no legend: call plt.legend()."
+        )
+    if unlabeled:
+        return _result(
+            spec,
+            False,
+            "The legend does not name every line; unlabelled: " + ", ".join(unlabeled) + ". "
+            "Pass label=... to each plt.plot.",
+        )
+    return _result(spec, True, "The legend names every method.")
+
+
+CHECKS: dict[str, Callable[[CheckSpec, Facts], CheckResult]] = {
+    "notebook.runs": check_notebook_runs,
+    "loss20.present": check_present,
+    "loss20.values": check_values,
+    "plot.loss20": check_plot_loss20,
+    "plot.all_methods": check_all_methods,
+    "plot.legend": check_legend,
+}
+
+
+def gather_facts(execution: Execution, rubric: Rubric, seed: int | None = None) -> Facts:
+    spec = rubric.answer
+    settings = LabSettings(seed=spec.seed if seed is None else seed, epochs=spec.epochs)
+    tol = Tolerance(spec.rtol, spec.atol)
+    want = expected(seed=settings.seed, epochs=settings.epochs)
+    answer = find_answer(execution.variables, rubric, want[ANSWER_METHOD])
+    facts = Facts(
+        execution=execution,
+        rubric=rubric,
+        tol=tol,
+        settings=settings,
+        expected=want,
+        answer=answer,
+        data=data_finding(execution.variables, settings.seed, tol),
+    )
+    if answer.name and not starts_with(answer.values, want[ANSWER_METHOD], tol):
+        facts.mistake = divergence_finding(answer.values) or mistake_finding(
+            answer.values, settings, tol
+        )
+    return facts
+
+
+def _headline(facts: Facts, checks: list[CheckResult]) -> str:
+    if facts.data is not None:
+        return facts.data.message
+    for check_id in ("loss20.values", "loss20.present", "notebook.runs"):
+        failed = next((c for c in checks if c.id == check_id and not c.passed), None)
+        if failed is not None:
+            return failed.message
+    failed = next((c for c in checks if not c.passed), None)
+    return failed.message if failed else "Everything matches the reference. Well done."
+
+
+def curves_for(facts: Facts) -> tuple[list[Curve], list[Curve]]:
+    """The learner's lists and the reference, for the feedback picture."""
+    learner: list[Curve] = []
+    if facts.answer.name:
+        learner.append(Curve(label=f"your {facts.answer.name}", y=facts.answer.values[:1000]))
+    for method in facts.expected:
+        variable = facts.execution.variables.get(method)
+        if method != ANSWER_METHOD and variable is not None and _numeric(variable):
+            learner.append(Curve(label=f"your {method}", y=variable.values[:1000]))
+    reference = [Curve(label=name, y=values) for name, values in facts.expected.items()]
+    return learner, reference
+
+
+def evaluate(execution: Execution, rubric: Rubric, seed: int | None = None) -> GradeResult:
+    """Score one execution. The caller fills in submission name, timings and versions."""
+    facts = gather_facts(execution, rubric, seed)
+    checks = [CHECKS[spec.id](spec, facts) for spec in rubric.checks if spec.id in CHECKS]
+    learner, reference = curves_for(facts)
+    mistake = next((c.diagnosis for c in checks if c.id == "loss20.values" and c.diagnosis), "")
+    return GradeResult(
+        submission="",
+        status="graded",
+        score=round(sum(c.points for c in checks), 4),
+        max_score=rubric.max_score,
+        checks=checks,
+        answer_name=facts.answer.name,
+        diagnosis=_headline(facts, checks),
+        sandbox=execution.sandbox,
+        rubric_name=rubric.name,
+        execution=execution,
+        learner_curves=learner,
+        reference_curves=reference,
+        mistake=mistake,
+    )

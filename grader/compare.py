@@ -1,0 +1,74 @@
+"""Comparing loss sequences within the rubric's tolerance.
+
+Kept apart from the checks so that the answer search, the plot checks and the mistake
+diagnosis all agree on what "the same numbers" means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float = 1e-3
+    atol: float = 1e-9
+
+    def close(self, got: float, want: float) -> bool:
+        if not (math.isfinite(got) and math.isfinite(want)):
+            return False
+        return abs(got - want) <= self.atol + self.rtol * abs(want)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The first epoch where two sequences part, or a length shortfall."""
+
+    epoch: int
+    expected: float | None
+    got: float | None
+
+
+def first_difference(
+    got: Sequence[float], want: Sequence[float], tol: Tolerance
+) -> Difference | None:
+    """None when `got` starts with `want` (within tolerance); extra values in `got` are ignored."""
+    for epoch, expected in enumerate(want):
+        if epoch >= len(got):
+            return Difference(epoch, expected, None)
+        if not tol.close(got[epoch], expected):
+            return Difference(epoch, expected, got[epoch])
+    return None
+
+
+def matching_prefix(got: Sequence[float], want: Sequence[float], tol: Tolerance) -> int:
+    """How many leading values of `got` match `want`."""
+    count = 0
+    for value, expected in zip(got, want, strict=False):
+        if not tol.close(value, expected):
+            break
+        count += 1
+    return count
+
+
+def starts_with(got: Sequence[float], want: Sequence[float], tol: Tolerance) -> bool:
+    return len(want) > 0 and first_difference(got, want, tol) is None
+
+
+def find_window(got: Sequence[float], want: Sequence[float], tol: Tolerance) -> int | None:
+    """Offset at which `want` appears inside `got` (for answers appended to another list)."""
+    for offset in range(0, len(got) - len(want) + 1):
+        if starts_with(got[offset:], want, tol):
+            return offset
+    return None
+
+
+def log_distance(got: Sequence[float], want: Sequence[float]) -> float:
+    """Mean |log10 ratio| over the common epochs: how far apart two loss curves look."""
+    pairs = [(g, w) for g, w in zip(got, want, strict=False) if g > 0 and w > 0]
+    pairs = [(g, w) for g, w in pairs if math.isfinite(g) and math.isfinite(w)]
+    if not pairs:
+        return math.inf
+    return sum(abs(math.log10(g / w)) for g, w in pairs) / len(pairs)

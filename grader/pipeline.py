@@ -1,0 +1,160 @@
+"""`grade(notebook) -> GradeResult`: the one grading core behind the CLI, pytest and webhooks.
+
+It never raises for anything a learner can cause: a file that is not a notebook becomes a
+result with status "rejected" and the reason, a kernel that dies becomes "crashed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from grader import __version__
+from grader.checks import evaluate
+from grader.compare import Tolerance, starts_with
+from grader.models import CheckResult, Execution, GradeResult
+from grader.rubric import Rubric, load_rubric
+from grader.run import RunLimits, execute_async
+from grader.submission import Submission, SubmissionError, load
+from reference import expected
+
+Source = bytes | str | os.PathLike | dict[str, Any]
+
+
+class GradeOptions(BaseModel):
+    """How to grade; JSON-serialisable so a Celery worker grades exactly the same way."""
+
+    rubric_path: str | None = None  # None: the default rubric shipped with the package
+    limits: RunLimits = Field(default_factory=RunLimits)
+    integrity: bool = False  # re-run with a secret seed; hard-coded answers then fail
+    secret_seed: int | None = None  # None with integrity: a fresh random seed
+
+    def rubric(self) -> Rubric:
+        return load_rubric(self.rubric_path)
+
+
+def rubric_fingerprint(options: GradeOptions) -> str:
+    """What a stored result depends on besides the notebook: rubric text, version, integrity."""
+    text = f"{options.rubric().fingerprint}|{__version__}|integrity={options.integrity}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeResult:
+    checks = [
+        CheckResult(
+            id=spec.id,
+            name=spec.title,
+            points=0,
+            max_points=spec.points,
+            passed=False,
+            message=f"Not graded: {error}",
+        )
+        for spec in rubric.checks
+    ]
+    return GradeResult(
+        submission=name,
+        status="rejected",
+        score=0,
+        max_score=rubric.max_score,
+        checks=checks,
+        diagnosis=error,
+        mistake="not_a_notebook",
+        grader_version=__version__,
+        rubric_name=rubric.name,
+        seconds=round(time.monotonic() - started, 3),
+        error=error,
+    )
+
+
+def _status(result: GradeResult, execution: Execution) -> str:
+    """A kernel that timed out or died still counts as graded if it left something to grade."""
+    if execution.fate == "ok" or result.answer_name:
+        return "graded"
+    if execution.fate == "timeout":
+        return "timeout"
+    return "crashed"
+
+
+def _integrity_check(
+    first: GradeResult, second: Execution, rubric: Rubric, secret_seed: int
+) -> CheckResult:
+    """Same code, secret seed: a computed answer follows the seed, a hard-coded one does not."""
+    spec = rubric.check("integrity.seed")
+    assert spec is not None
+    tol = Tolerance(rubric.answer.rtol, rubric.answer.atol)
+    want = expected(seed=secret_seed, epochs=rubric.answer.epochs)["LOSS20"]
+    values_passed = any(c.id == "loss20.values" and c.passed for c in first.checks)
+    variable = second.variables.get(first.answer_name or "")
+    follows_seed = variable is not None and starts_with(variable.values, want, tol)
+    if not values_passed:
+        message = "Not checked: LOSS20 does not match the reference for seed 1."
+        passed = True
+    elif follows_seed:
+        message = "Re-run with another seed: LOSS20 follows the data, as computed answers do."
+        passed = True
+    else:
+        message = (
+            "Re-run with another seed: LOSS20 did not change with the data. The numbers look "
+            "typed in or copied rather than computed by the notebook."
+        )
+        passed = False
+    return CheckResult(
+        id=spec.id,
+        name=spec.title,
+        points=spec.points if passed else 0,
+        max_points=spec.points,
+        passed=passed,
+        message=message,
+        diagnosis="" if passed else "hard_coded",
+    )
+
+
+async def grade_submission(submission: Submission, options: GradeOptions) -> GradeResult:
+    """Grade an already loaded submission (the doors that validated it themselves use this)."""
+    started = time.monotonic()
+    rubric = options.rubric()
+    if options.integrity:
+        rubric = rubric.with_integrity()
+    execution = await execute_async(submission.notebook, options.limits)
+    result = evaluate(execution, rubric)
+    if options.integrity:
+        secret_seed = options.secret_seed or secrets.randbelow(2**31 - 2) + 2
+        second = await execute_async(submission.notebook, options.limits, seed_override=secret_seed)
+        check = _integrity_check(result, second, rubric, secret_seed)
+        result.checks = [check if c.id == check.id else c for c in result.checks]
+        result.integrity = "passed" if check.passed else "flagged"
+        if not check.passed:
+            result.mistake = result.mistake or "hard_coded"
+    result.status = _status(result, execution)  # type: ignore[assignment]
+    result.submission = submission.name
+    result.grader_version = __version__
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+async def grade_async(
+    source: Source, name: str | None = None, options: GradeOptions | None = None
+) -> GradeResult:
+    """Load, run and score one notebook. Never raises for anything in the notebook."""
+    options = options or GradeOptions()
+    started = time.monotonic()
+    display = name or (Path(source).stem if isinstance(source, str | os.PathLike) else "notebook")
+    try:
+        submission = load(source, name=display)
+    except SubmissionError as error:
+        return _rejected(display, str(error), options.rubric(), started)
+    return await grade_submission(submission, options)
+
+
+def grade(
+    source: Source, name: str | None = None, options: GradeOptions | None = None
+) -> GradeResult:
+    """Synchronous `grade_async`, for scripts and the pytest plugin."""
+    return asyncio.run(grade_async(source, name, options))

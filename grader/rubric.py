@@ -1,0 +1,105 @@
+"""The rubric: which checks exist, their points, and how the answer is found and compared.
+
+A rubric is a TOML file so instructors can reweight checks or add aliases without code; the
+checks themselves (what each id tests) live in `grader.checks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from importlib.resources import files
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+KNOWN_CHECKS = (
+    "notebook.runs",
+    "loss20.present",
+    "loss20.values",
+    "plot.loss20",
+    "plot.all_methods",
+    "plot.legend",
+    "integrity.seed",
+)
+
+
+class RubricError(ValueError):
+    """A rubric file that cannot be used; the message says which key is wrong."""
+
+
+class AnswerSpec(BaseModel):
+    aliases: list[str] = Field(min_length=1)
+    epochs: int = Field(default=10, ge=1, le=1000)
+    seed: int = 1
+    rtol: float = Field(default=1e-3, gt=0, lt=1)
+    atol: float = Field(default=1e-9, ge=0)
+
+
+class CheckSpec(BaseModel):
+    id: str
+    title: str
+    points: float = Field(ge=0)
+
+    @field_validator("id")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in KNOWN_CHECKS:
+            raise ValueError(f"unknown check id {value!r}; known: {', '.join(KNOWN_CHECKS)}")
+        return value
+
+
+class Rubric(BaseModel):
+    name: str
+    title: str = ""
+    answer: AnswerSpec
+    checks: list[CheckSpec] = Field(min_length=1)
+    fingerprint: str = ""  # sha256 of the TOML text: part of every cache and gradebook key
+
+    @property
+    def max_score(self) -> float:
+        return sum(check.points for check in self.checks)
+
+    def check(self, check_id: str) -> CheckSpec | None:
+        return next((c for c in self.checks if c.id == check_id), None)
+
+    def with_integrity(self) -> Rubric:
+        """The rubric plus the 0-point `integrity.seed` check, for integrity runs."""
+        if self.check("integrity.seed"):
+            return self
+        extra = CheckSpec(id="integrity.seed", title="Same code, secret seed", points=0)
+        return self.model_copy(update={"checks": [*self.checks, extra]})
+
+
+def parse_rubric(text: str) -> Rubric:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RubricError(f"rubric is not valid TOML: {error}") from error
+    try:
+        rubric = Rubric.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise RubricError(f"rubric is not usable: {problems}") from error
+    ids = [check.id for check in rubric.checks]
+    if len(ids) != len(set(ids)):
+        raise RubricError("rubric lists a check id twice")
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return rubric.model_copy(update={"fingerprint": fingerprint})
+
+
+def default_rubric_text() -> str:
+    return files("grader").joinpath("default_rubric.toml").read_text(encoding="utf-8")
+
+
+def load_rubric(path: str | Path | None = None) -> Rubric:
+    """The rubric at `path`, or the default one shipped with the package."""
+    if path is None:
+        return parse_rubric(default_rubric_text())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise RubricError(f"cannot read rubric {path}: {error.strerror}") from error
+    return parse_rubric(text)
