@@ -38,3 +38,34 @@ def reference(seed: int, epochs: int, lr: float, as_json: bool) -> None:
     for epoch in range(epochs):
         table.add_row(str(epoch), *(f"{losses[name][epoch]:.6g}" for name in losses))
     Console().print(table)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--db",
+    default=None,
+    help="sqlite:///PATH (or a path) for submissions, results and the callback outbox "
+    "[default: $MBGD_DB or ./mbgd-service.sqlite3].",
+)
+@click.option("--broker", default=None, help="redis://... : grade on Celery workers.")
+@click.option("--slots", default=None, type=click.IntRange(1, 1024), help="Concurrent gradings.")
+def serve(host: str, port: int, db: str | None, broker: str | None, slots: int | None) -> None:
+    """Run the LMS webhook service (secrets come from MBGD_* environment variables)."""
+    import logging
+
+    import uvicorn
+
+    from grader.service import SettingsError, create_app, from_environment
+
+    try:
+        settings = from_environment(db=db, broker=broker, slots=slots)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Tolerance:
-    rtol: float = 1e-3
+    rtol: float = 1e-4
     atol: float = 1e-9
 
     def close(self, got: float, want: float) -> bool:

@@ -32,7 +32,7 @@ class AnswerSpec(BaseModel):
     aliases: list[str] = Field(min_length=1)
     epochs: int = Field(default=10, ge=1, le=1000)
     seed: int = 1
-    rtol: float = Field(default=1e-3, gt=0, lt=1)
+    rtol: float = Field(default=1e-4, gt=0, lt=1)
     atol: float = Field(default=1e-9, ge=0)
 
 

@@ -1,0 +1,93 @@
+"""A notebook that runs the lab's cells as the lab has them (our own code, same arithmetic).
+
+Used to prove the reference reproduces the lab bit for bit: the same global-RNG data, a
+Dataset whose targets come from the global X, DataLoaders, `.data` updates, and LOSS_BGD
+holding tensors that require grad. The lab's plotting is left out: it does not touch the numbers.
+"""
+
+from __future__ import annotations
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+SETUP = """\
+import json
+import torch
+from torch.utils.data import Dataset, DataLoader
+torch.manual_seed(SEED)
+X = torch.arange(-3, 3, 0.1).view(-1, 1)
+f = 1 * X - 1
+Y = f + 0.1 * torch.randn(X.size())
+
+def forward(x):
+    return w * x + b
+
+def criterion(yhat, y):
+    return torch.mean((yhat - y) ** 2)
+"""
+
+BGD = """\
+w = torch.tensor(-15.0, requires_grad = True)
+b = torch.tensor(-10.0, requires_grad = True)
+lr = 0.1
+LOSS_BGD = []
+def train_model_BGD(epochs):
+    for epoch in range(epochs):
+        Yhat = forward(X)
+        loss = criterion(Yhat, Y)
+        LOSS_BGD.append(loss)
+        loss.backward()
+        w.data = w.data - lr * w.grad.data
+        b.data = b.data - lr * b.grad.data
+        w.grad.data.zero_()
+        b.grad.data.zero_()
+train_model_BGD(EPOCHS)
+"""
+
+DATA_CLASS = """\
+class Data(Dataset):
+    def __init__(self):
+        self.x = torch.arange(-3, 3, 0.1).view(-1, 1)
+        self.y = 1 * X - 1
+        self.len = self.x.shape[0]
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+    def __len__(self):
+        return self.len
+"""
+
+LOADER_RUN = """\
+dataset = Data()
+trainloader = DataLoader(dataset = dataset, batch_size = {size})
+w = torch.tensor(-15.0, requires_grad = True)
+b = torch.tensor(-10.0, requires_grad = True)
+{name} = []
+lr = 0.1
+def train_{name}(epochs):
+    for epoch in range(epochs):
+        {name}.append(criterion(forward(X), Y).tolist())
+        for x, y in trainloader:
+            yhat = forward(x)
+            loss = criterion(yhat, y)
+            loss.backward()
+            w.data = w.data - lr * w.grad.data
+            b.data = b.data - lr * b.grad.data
+            w.grad.data.zero_()
+            b.grad.data.zero_()
+train_{name}(EPOCHS)
+"""
+
+REPORT = """\
+print(json.dumps({
+    "LOSS_BGD": [loss.item() for loss in LOSS_BGD],
+    "LOSS_SGD": LOSS_SGD, "LOSS_MINI5": LOSS_MINI5, "LOSS_MINI10": LOSS_MINI10, "LOSS20": LOSS20,
+}))
+"""
+
+
+def replica_notebook(seed: int, epochs: int = 10) -> nbformat.NotebookNode:
+    cells = [f"SEED = {seed}\nEPOCHS = {epochs}", SETUP, BGD, DATA_CLASS]
+    for name, size in (("LOSS_SGD", 1), ("LOSS_MINI5", 5), ("LOSS_MINI10", 10), ("LOSS20", 20)):
+        cells.append(LOADER_RUN.format(name=name, size=size))
+    cells.append(REPORT)
+    return new_notebook(cells=[new_code_cell(source) for source in cells])
