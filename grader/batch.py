@@ -1,0 +1,409 @@
+"""Grade a folder of notebooks: find them, skip what the gradebook already has, grade the rest.
+
+The instructors' door. Grading runs in a local pool of kernels (the embedded default) or on
+Celery workers (`broker=`); either way each grade is written to the SQLite gradebook and to
+its report folder the moment it arrives, so an interrupted batch resumes where it stopped.
+
+Who is who: every notebook found under a PATH gets a *submission id*, its path relative to
+that PATH without `.ipynb` (`alice.ipynb` -> `alice`, `correct/canonical.ipynb` ->
+`correct/canonical`, nbgrader's `alice/ps1/lab.ipynb` -> `alice/ps1/lab`). The *learner*
+column is the submission id, or with `learner_from="first-dir"` the first folder of a nested
+path (`alice`), for layouts with one folder per learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import secrets
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from grader import __version__
+from grader.models import GradeResult
+from grader.store import SECRET_SEED, Gradebook, grade_key
+
+if TYPE_CHECKING:
+    from grader.pipeline import GradeOptions
+
+LearnerFrom = Literal["path", "first-dir", "stem"]
+MAX_NOTEBOOK_BYTES = 10 * 1024 * 1024  # submission.load rejects anything larger
+SEED_ENV = "MBGD_SECRET_SEED"
+RESERVED = {"gradebook.csv", "gradebook.sqlite", "summary.html"}
+SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", "__MACOSX"}
+
+
+class BatchError(Exception):
+    """A usage problem (missing path, no notebooks, bad seed): exit code 2."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One notebook to grade and where its verdict goes."""
+
+    submission: str
+    learner: str
+    path: Path
+    report_dir: str
+    sha256: str
+    key: str = ""
+
+    def read(self) -> bytes:
+        # Read one byte past the cap so an oversized file is rejected by submission.load,
+        # not silently truncated into something that parses.
+        with self.path.open("rb") as fh:
+            return fh.read(MAX_NOTEBOOK_BYTES + 1)
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch run did; `results` has one entry per submission found, in order."""
+
+    items: list[Item]
+    results: dict[str, GradeResult]
+    graded: int = 0
+    skipped: int = 0
+    harness_errors: list[str] = field(default_factory=list)
+    secret_seed: int | None = None
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def _notebooks_under(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if name.endswith(".ipynb") and not name.startswith(".") and path.is_file():
+                found.append(path)
+    return found
+
+
+def _safe_part(part: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.@+-]+", "_", part).strip(".") or "_"
+    return safe[:120]
+
+
+def _report_dir(submission: str, taken: set[str]) -> str:
+    parts = [_safe_part(p) for p in submission.split("/")]
+    if parts[0].lower() in RESERVED:
+        parts[0] = "_" + parts[0]
+    base = "/".join(parts)
+    candidate, n = base, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _learner(submission: str, learner_from: LearnerFrom) -> str:
+    parts = submission.split("/")
+    if learner_from == "stem":
+        return parts[-1]
+    if learner_from == "first-dir" and len(parts) > 1:
+        return parts[0]
+    return submission
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        digest.update(fh.read(MAX_NOTEBOOK_BYTES + 1))
+    return digest.hexdigest()
+
+
+def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[Item]:
+    """Every notebook under `paths` with a unique submission id and report folder."""
+    items: list[Item] = []
+    seen: set[str] = set()
+    taken: set[str] = set()
+    for given in paths:
+        given = Path(given)
+        if given.is_dir():
+            pairs = [
+                (p, p.relative_to(given).with_suffix("").as_posix())
+                for p in _notebooks_under(given)
+            ]
+        elif given.is_file():
+            pairs = [(given, given.stem)]
+        else:
+            raise BatchError(f"{given}: no such file or folder")
+        for path, submission in pairs:
+            base, n = submission, 1
+            while submission in seen:  # same relative path under two roots
+                n += 1
+                submission = f"{base}~{n}"
+            seen.add(submission)
+            items.append(
+                Item(
+                    submission=submission,
+                    learner=_learner(submission, learner_from),
+                    path=path,
+                    report_dir=_report_dir(submission, taken),
+                    sha256=_sha256(path),
+                )
+            )
+    if not items:
+        raise BatchError("no notebooks (*.ipynb) found in " + ", ".join(map(str, paths)))
+    return items
+
+
+# -- options and keys ------------------------------------------------------------------------
+
+
+def secret_seed(book: Gradebook) -> int:
+    """The integrity seed of this gradebook: from $MBGD_SECRET_SEED, else the recorded one,
+    else a fresh random one; recorded either way so a resumed batch uses the same seed."""
+    text = os.environ.get(SEED_ENV, "").strip() or book.get_meta(SECRET_SEED)
+    if text:
+        try:
+            seed = int(text)
+        except ValueError:
+            raise BatchError(f"${SEED_ENV} must be an integer") from None
+    else:
+        seed = secrets.randbelow(2**31 - 3) + 2
+    if seed == 1:
+        raise BatchError(f"${SEED_ENV} must not be 1: seed 1 is the lab's own seed")
+    book.set_meta(SECRET_SEED, str(seed))
+    return seed
+
+
+def keyed(items: list[Item], options: GradeOptions) -> list[Item]:
+    from grader.pipeline import rubric_fingerprint
+
+    fingerprint = rubric_fingerprint(options)
+    seed = options.secret_seed if options.integrity else None
+    return [
+        Item(**{**i.__dict__, "key": grade_key(i.sha256, fingerprint, __version__, seed)})
+        for i in items
+    ]
+
+
+# -- grading ---------------------------------------------------------------------------------
+
+Sink = Callable[[Item, GradeResult, bool], None]  # (item, result, persist)
+
+
+def harness_error(item: Item, error: BaseException) -> GradeResult:
+    """A stand-in verdict when the grader itself failed: shown, never stored, exit code 1."""
+    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return GradeResult(
+        submission=item.submission,
+        status="crashed",
+        score=0.0,
+        max_score=0.0,
+        grader_version=__version__,
+        error=f"internal grader error (not the learner's fault): {detail}",
+    )
+
+
+async def grade_local(items: list[Item], options: GradeOptions, jobs: int, sink: Sink) -> None:
+    """Grade `items` with at most `jobs` kernels at once, calling `sink` as each finishes."""
+    from grader.pipeline import grade_async
+
+    queue = list(reversed(items))
+
+    async def worker() -> None:
+        while queue:
+            item = queue.pop()
+            try:
+                result = await grade_async(item.read(), item.submission, options)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a harness bug must not stop the batch
+                sink(item, harness_error(item, error), False)
+                continue
+            sink(item, result, True)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(jobs, len(items))))))
+
+
+def run_batch(
+    paths: Sequence[Path],
+    out: Path,
+    options: GradeOptions,
+    *,
+    jobs: int,
+    broker: str | None = None,
+    learner_from: LearnerFrom = "path",
+    on_start: Callable[[int, int], None] | None = None,
+    on_result: Callable[[Item, GradeResult], None] | None = None,
+) -> BatchOutcome:
+    """Grade everything under `paths` into `out`; resumable, see the module docstring."""
+    from grader.report import write_reports
+
+    items = discover(paths, learner_from)
+    out.mkdir(parents=True, exist_ok=True)
+    with Gradebook(out / "gradebook.sqlite") as book:
+        if options.integrity:
+            options = options.model_copy(update={"secret_seed": secret_seed(book)})
+        items = keyed(items, options)
+        stored = book.keys()
+        pending = [i for i in items if stored.get(i.submission) != i.key]
+        todo = {i.submission for i in pending}
+        outcome = BatchOutcome(items=items, results={}, secret_seed=options.secret_seed)
+        for row in book.rows({i.submission for i in items if i.submission not in todo}):
+            outcome.results[row.submission] = row.result
+            outcome.skipped += 1
+            if not (out / row.report_dir / "results.json").exists():
+                write_reports(row.result, out / row.report_dir)
+        if on_start:
+            on_start(len(items), outcome.skipped)
+
+        def sink(item: Item, result: GradeResult, persist: bool) -> None:
+            if persist:
+                write_reports(result, out / item.report_dir)
+                book.put(
+                    submission=item.submission,
+                    learner=item.learner,
+                    source=str(item.path),
+                    report_dir=item.report_dir,
+                    key=item.key,
+                    sha256=item.sha256,
+                    result=result,
+                )
+                outcome.graded += 1
+            else:
+                outcome.harness_errors.append(f"{item.submission}: {result.error}")
+            outcome.results[item.submission] = result
+            if on_result:
+                on_result(item, result)
+
+        if pending and broker:
+            from grader.tasks import grade_remote
+
+            grade_remote(pending, options, broker, sink)
+        elif pending:
+            asyncio.run(grade_local(pending, options, jobs, sink))
+    return outcome
+
+
+# -- the console -----------------------------------------------------------------------------
+
+
+class ConsoleProgress:
+    """A live bar on stderr (done/total, rate, ETA, failures so far); silent off a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.failures = 0
+        self.done = 0
+        self._progress = None
+        self._task = None
+
+    def start(self, total: int, skipped: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.done = skipped
+        if skipped:
+            self.console.print(
+                f"{skipped} of {total} already in the gradebook (unchanged): skipped",
+                highlight=False,
+            )
+        if not self.console.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]grading"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[failures]}"),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "grading", total=total, completed=skipped, rate="", failures=""
+        )
+
+    def advance(self, item: Item, result: GradeResult) -> None:
+        self.done += 1
+        if result.status in ("timeout", "crashed", "rejected"):
+            self.failures += 1
+        if self._progress is None or self._task is None:
+            return
+        task = self._progress.tasks[0]
+        speed = task.speed  # submissions per second over rich's sliding window
+        rate = f"{speed * 60:.1f}/min" if speed else ""
+        failures = f"[red]{self.failures} failed" if self.failures else "0 failed"
+        self._progress.update(self._task, advance=1, rate=rate, failures=failures)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def grade_main(
+    paths: Sequence[Path],
+    out: Path,
+    options: GradeOptions,
+    *,
+    jobs: int,
+    broker: str | None,
+    learner_from: LearnerFrom,
+) -> int:
+    """The `mbgd-grader grade` command: grade, write the class summary, return the exit code."""
+    from rich.console import Console
+
+    from grader.summary import Entry, print_class_table, write_summary
+
+    progress = ConsoleProgress()
+    try:
+        outcome = run_batch(
+            paths,
+            out,
+            options,
+            jobs=jobs,
+            broker=broker,
+            learner_from=learner_from,
+            on_start=progress.start,
+            on_result=progress.advance,
+        )
+    except KeyboardInterrupt:
+        progress.stop()
+        progress.console.print(
+            "interrupted: every finished grade is saved in the gradebook; "
+            "run the same command again to grade the rest."
+        )
+        return 130
+    finally:
+        progress.stop()
+    entries = [
+        Entry(i.submission, i.learner, i.report_dir, outcome.results[i.submission])
+        for i in outcome.items
+        if i.submission in outcome.results
+    ]
+    write_summary(entries, out)
+    print_class_table(entries, Console())
+    problems = sum(1 for e in entries if e.result.status in ("timeout", "crashed", "rejected"))
+    progress.console.print(
+        f"{len(entries)} submissions: {outcome.graded} graded now, {outcome.skipped} unchanged "
+        f"(skipped), {problems} timed out/crashed/unreadable. "
+        f"Open {out / 'summary.html'}; LMS import: {out / 'gradebook.csv'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for error in outcome.harness_errors:
+        progress.console.print(f"[red]grader error[/red] {error}", highlight=False)
+    return 1 if outcome.harness_errors else 0

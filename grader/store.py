@@ -1,0 +1,159 @@
+"""The gradebook: one SQLite row per submission, written the moment its grade is known.
+
+SQLite in WAL mode with one transaction per result means a Ctrl-C or a `kill -9` of the
+batch loses only the submissions that were still being graded. Each row carries the key
+(content hash + rubric fingerprint + grader version + integrity seed) its grade was computed
+under, so a re-run skips what is unchanged and re-grades a changed notebook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from grader.models import GradeResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS submissions (
+    submission TEXT PRIMARY KEY,   -- unique id in the batch: path relative to its root
+    learner    TEXT NOT NULL,
+    source     TEXT NOT NULL,      -- the file that was graded
+    report_dir TEXT NOT NULL,      -- relative to the output folder
+    key        TEXT NOT NULL,      -- see grade_key()
+    sha256     TEXT NOT NULL,      -- of the notebook bytes
+    status     TEXT NOT NULL,
+    score      REAL NOT NULL,
+    max_score  REAL NOT NULL,
+    integrity  TEXT NOT NULL,
+    seconds    REAL NOT NULL,
+    graded_at  TEXT NOT NULL,
+    result     TEXT NOT NULL       -- the GradeResult as JSON
+);
+CREATE INDEX IF NOT EXISTS submissions_key ON submissions (key);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+SECRET_SEED = "integrity_secret_seed"
+
+
+def grade_key(sha256: str, rubric_fingerprint: str, grader_version: str, seed: int | None) -> str:
+    """The identity of a grade: the same key means the same verdict, so it need not be redone."""
+    integrity = "off" if seed is None else f"seed={seed}"
+    text = f"{sha256}\n{rubric_fingerprint}\n{grader_version}\n{integrity}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One gradebook row: where the submission came from and its verdict."""
+
+    submission: str
+    learner: str
+    source: str
+    report_dir: str
+    key: str
+    sha256: str
+    graded_at: str
+    result: GradeResult
+
+
+class Gradebook:
+    """The SQLite gradebook of one output folder. Use from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across a crash of this process (kill -9); only power loss can
+        # roll back the last transactions, and those submissions are simply graded again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Gradebook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def keys(self) -> dict[str, str]:
+        """submission id -> key of its stored grade."""
+        return dict(self._db.execute("SELECT submission, key FROM submissions"))
+
+    def put(
+        self,
+        *,
+        submission: str,
+        learner: str,
+        source: str,
+        report_dir: str,
+        key: str,
+        sha256: str,
+        result: GradeResult,
+    ) -> None:
+        """Store (or replace) the grade of one submission in its own transaction."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO submissions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    submission,
+                    learner,
+                    source,
+                    report_dir,
+                    key,
+                    sha256,
+                    result.status,
+                    result.score,
+                    result.max_score,
+                    result.integrity,
+                    result.seconds,
+                    now,
+                    result.model_dump_json(),
+                ),
+            )
+
+    def rows(self, submissions: Iterable[str] | None = None) -> list[Row]:
+        """Stored rows, in submission order; only the given submissions when asked."""
+        cursor = self._db.execute(
+            "SELECT submission, learner, source, report_dir, key, sha256, graded_at, result "
+            "FROM submissions ORDER BY submission"
+        )
+        wanted = None if submissions is None else set(submissions)
+        rows = []
+        for sub, learner, source, report_dir, key, sha, graded_at, result in cursor:
+            if wanted is not None and sub not in wanted:
+                continue
+            rows.append(
+                Row(
+                    submission=sub,
+                    learner=learner,
+                    source=source,
+                    report_dir=report_dir,
+                    key=key,
+                    sha256=sha,
+                    graded_at=graded_at,
+                    result=GradeResult.model_validate_json(result),
+                )
+            )
+        return rows
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))

@@ -1,0 +1,211 @@
+"""Scale-out: the Celery app, its one grading task, and the batch side that feeds it.
+
+Settings chosen so that nothing is lost: a task is acknowledged only after it finished
+(`acks_late`), a worker that dies mid-task gets its task redelivered (`reject_on_worker_lost`,
+and Redis' visibility timeout for a worker killed outright), each worker process holds one
+task at a time (prefetch 1), every task has soft and hard time limits, and only
+infrastructure errors are retried: a learner's crash or timeout is a result, not a retry.
+Messages are JSON only, never pickle: the notebook travels as base64 text.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from grader import __version__
+from grader.models import GradeResult
+
+TASK_NAME = "mbgd_grader.grade"
+DEFAULT_TOTAL_TIMEOUT = 240.0  # RunLimits().total_timeout; the worker cannot see the batch's
+MARGIN_SECONDS = 20.0  # kernel start, checks and reports on top of the notebook's own budget
+WINDOW = 256  # tasks in flight at once: bounds Redis memory when grading 30,000 notebooks
+
+app = Celery("mbgd_grader", set_as_current=False)
+
+
+class InfrastructureError(Exception):
+    """The grader, not the learner, failed (no kernel, no sandbox): worth a retry elsewhere."""
+
+
+def task_budget(total_timeout: float, integrity: bool) -> tuple[int, int]:
+    """(soft, hard) time limits of one task: the notebook runs once, or twice with integrity."""
+    runs = 2 if integrity else 1
+    hard = int(runs * total_timeout + MARGIN_SECONDS)
+    return hard - 5, hard
+
+
+def configure(
+    broker_url: str,
+    *,
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+    visibility_timeout: float | None = None,
+) -> Celery:
+    """Point the app at `broker_url` (Redis; results go to the same server)."""
+    soft, hard = task_budget(total_timeout, integrity=True)
+    if visibility_timeout is None:
+        # Longer than any task may run, so a live worker's task is never handed out twice;
+        # a killed worker's task comes back this long after it was taken.
+        visibility_timeout = hard + 10
+    app.conf.update(
+        broker_url=broker_url,
+        result_backend=broker_url,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=100,
+        task_soft_time_limit=soft,
+        task_time_limit=hard,
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": int(visibility_timeout),
+            "unacked_restore_interval": 2,  # look for orphaned tasks every 2 s ...
+            "unacked_restore_throttle": 1,  # ... really every 2 s, not every 20
+        },
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    autoretry_for=(InfrastructureError, OSError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=3,
+)
+def grade_task(self, name: str, notebook_b64: str, options_json: str) -> dict:  # noqa: ANN001
+    """Grade one notebook; returns the GradeResult as JSON-ready data."""
+    from grader.pipeline import GradeOptions, grade
+
+    options = GradeOptions.model_validate_json(options_json)
+    data = base64.b64decode(notebook_b64, validate=True)
+    try:
+        result = grade(data, name, options)
+    except SoftTimeLimitExceeded:
+        soft, _ = task_budget(options.limits.total_timeout, options.integrity)
+        result = GradeResult(
+            submission=name,
+            status="timeout",
+            score=0.0,
+            max_score=0.0,
+            grader_version=__version__,
+            error=f"grading took longer than {soft} s and was stopped",
+        )
+    if result.execution is not None and result.execution.fate == "not_started":
+        raise InfrastructureError(f"kernel did not start: {result.error or result.diagnosis}")
+    return result.model_dump(mode="json")
+
+
+# -- batch side ------------------------------------------------------------------------------
+
+
+def task_id(submission: str, key: str) -> str:
+    """Deterministic, so a resumed batch finds results that arrived while it was away."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mbgd-grader:{key}:{submission}"))
+
+
+def _decode(item, meta: dict) -> tuple[GradeResult, bool]:  # noqa: ANN001
+    """(result, persist) from a finished task's meta; harness failures are not persisted."""
+    from grader.batch import harness_error
+
+    if meta["status"] == "SUCCESS":
+        return GradeResult.model_validate(meta["result"]), True
+    error = meta.get("result")
+    if isinstance(error, TimeLimitExceeded):
+        result = GradeResult(
+            submission=item.submission,
+            status="timeout",
+            score=0.0,
+            max_score=0.0,
+            grader_version=__version__,
+            error="grading hit the worker's hard time limit and was killed",
+        )
+        return result, True
+    if not isinstance(error, BaseException):
+        error = RuntimeError(f"task ended {meta['status']}: {error!r}")
+    return harness_error(item, error), False
+
+
+def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:  # noqa: ANN001
+    """Send `items` to Celery workers, at most WINDOW at a time; `sink` each result."""
+    configure(broker_url, total_timeout=options.limits.total_timeout)
+    soft, hard = task_budget(options.limits.total_timeout, options.integrity)
+    options_json = options.model_dump_json()
+    by_id = {task_id(i.submission, i.key): i for i in items}
+    backend = app.backend
+    waiting = list(reversed(list(by_id)))
+    inflight: set[str] = set()
+
+    def finish(tid: str, meta: dict) -> None:
+        if tid not in inflight:
+            return  # a duplicate delivery of something already collected
+        inflight.discard(tid)
+        result, persist = _decode(by_id[tid], meta)
+        sink(by_id[tid], result, persist)
+        with contextlib.suppress(Exception):
+            app.AsyncResult(tid).forget()
+
+    # Results that workers finished while no batch was listening (a resumed run).
+    inflight.update(by_id)
+    with contextlib.suppress(TimeoutError):
+        for tid, meta in backend.get_many(set(by_id), timeout=0):
+            finish(tid, meta)
+    waiting = [t for t in waiting if t in inflight]
+    inflight.clear()
+
+    while waiting or inflight:
+        while waiting and len(inflight) < WINDOW:
+            tid = waiting.pop()
+            item = by_id[tid]
+            notebook = base64.b64encode(item.read()).decode("ascii")
+            app.send_task(
+                TASK_NAME,
+                args=(item.submission, notebook, options_json),
+                task_id=tid,
+                soft_time_limit=soft,
+                time_limit=hard,
+            )
+            inflight.add(tid)
+        with contextlib.suppress(TimeoutError):
+            for tid, meta in backend.get_many(set(inflight), timeout=1.0, interval=0.25):
+                finish(tid, meta)
+
+
+def run_worker(
+    broker_url: str,
+    *,
+    concurrency: int,
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+    visibility_timeout: float | None = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a worker in this process until it is stopped (blocks)."""
+    configure(broker_url, total_timeout=total_timeout, visibility_timeout=visibility_timeout)
+    import grader.pipeline  # noqa: F401 - import torch once, before the pool forks
+
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            f"--hostname=mbgd-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={loglevel}",
+        ]
+    )
