@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import click
 
@@ -65,6 +67,141 @@ def serve(host: str, port: int, db: str | None, broker: str | None, slots: int |
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=10)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: per-submission reports, gradebook.sqlite/.csv, summary.html.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Notebooks graded at once.  [default: number of cores]",
+)
+@click.option("--rubric", type=click.Path(exists=True, dir_okay=False), help="Rubric TOML file.")
+@click.option(
+    "--integrity",
+    is_flag=True,
+    help="Re-run each notebook with a secret seed ($MBGD_SECRET_SEED, else random per "
+    "gradebook) and flag answers that do not follow it (hard-coded or copied numbers).",
+)
+@click.option("--require-sandbox", is_flag=True, help="Refuse to run without bubblewrap.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help="Seconds one notebook may run in total.  [default: 240]",
+)
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="Send the work to Celery workers (`mbgd-grader worker`) via this Redis URL.",
+)
+@click.option(
+    "--learner-from",
+    type=click.Choice(["path", "first-dir", "stem"]),
+    default="path",
+    show_default=True,
+    help="Learner column: the submission id, its first folder, or the file stem.",
+)
+def grade(
+    paths: tuple[Path, ...],
+    out: Path,
+    jobs: int | None,
+    rubric: str | None,
+    integrity: bool,
+    require_sandbox: bool,
+    timeout: float | None,
+    broker: str | None,
+    learner_from: str,
+) -> None:
+    """Grade notebooks: PATH is a notebook or a folder searched recursively.
+
+    Each notebook's submission id is its path relative to the PATH it was found under,
+    without `.ipynb`: `alice.ipynb` is `alice`; `correct/canonical.ipynb` is
+    `correct/canonical`; nbgrader's `submitted/alice/ps1/lab.ipynb` (PATH `submitted`) is
+    `alice/ps1/lab` (use --learner-from first-dir for `alice`). Its reports go to
+    OUT/<submission id>/. Grades are saved as they finish in OUT/gradebook.sqlite: run the
+    same command again to resume; unchanged notebooks are skipped, changed ones re-graded.
+
+    Exit status: 0 when grading ran (whatever the scores), 2 for a usage error, 1 when the
+    grader itself failed on some notebook.
+    """
+    import os
+
+    from grader.batch import BatchError, grade_main
+    from grader.pipeline import GradeOptions
+    from grader.rubric import RubricError
+    from grader.run import RunLimits
+
+    limits = RunLimits(require_sandbox=require_sandbox)
+    if timeout is not None:
+        limits = limits.model_copy(update={"total_timeout": timeout})
+    options = GradeOptions(rubric_path=rubric, limits=limits, integrity=integrity)
+    try:
+        options.rubric()
+        code = grade_main(
+            list(paths),
+            out,
+            options,
+            jobs=jobs or os.cpu_count() or 1,
+            broker=broker,
+            learner_from=learner_from,  # type: ignore[arg-type]
+        )
+    except (BatchError, RubricError) as error:
+        raise click.UsageError(str(error)) from error
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--broker", required=True, metavar="URL", help="Redis URL, e.g. redis://host:6379/0")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Notebooks graded at once.  [default: number of cores]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help="The batches' per-notebook --timeout; sizes time limits.  [default: 240]",
+)
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help="Seconds before a task taken by a vanished worker is handed out again.  "
+    "[default: longer than the hard time limit]",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(
+    broker: str,
+    concurrency: int | None,
+    timeout: float | None,
+    visibility_timeout: float | None,
+    loglevel: str,
+) -> None:
+    """Grade notebooks sent by `mbgd-grader grade --broker URL` (run on any number of hosts)."""
+    import os
+
+    from grader.tasks import DEFAULT_TOTAL_TIMEOUT, run_worker
+
+    run_worker(
+        broker,
+        concurrency=concurrency or os.cpu_count() or 1,
+        total_timeout=timeout or DEFAULT_TOTAL_TIMEOUT,
+        visibility_timeout=visibility_timeout,
+        loglevel=loglevel,
+    )
 
 
 if __name__ == "__main__":
