@@ -1,0 +1,195 @@
+"""Grading slots: pull queued submissions from the database, grade, record, queue the callback.
+
+The database is the queue. Intake only commits a row and wakes the slots; a slot claims the
+oldest queued row, grades it, and writes the result and its callback in one transaction. A
+notebook whose content was graded before under the same rubric is answered from that grade
+(learners resubmit unchanged work often). A row that keeps killing the service (its attempts
+counter grows with every claim, restarts included) is marked failed instead of looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from grader.models import GradeResult
+from grader.service import callback
+from grader.service.db import Database
+from grader.service.grading import Grader
+from grader.service.settings import Settings
+
+log = logging.getLogger("grader.service")
+
+HARNESS_RETRY_DELAY = 5.0
+REUSABLE = ("graded", "rejected")
+
+
+def _results_json(result: GradeResult) -> dict[str, Any]:
+    from grader.report import gradescope_json
+
+    return gradescope_json(result)
+
+
+def _comment(result: GradeResult) -> str:
+    """One line for the LMS gradebook: the headline the learner should read first."""
+    headline = result.diagnosis or result.error
+    return f"{result.score:g}/{result.max_score:g}. {headline}".strip()
+
+
+class Dispatcher:
+    """A fixed number of grading slots fed from the database."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        grader: Grader,
+        on_callback: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.grader = grader
+        self.on_callback = on_callback
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fingerprint: str | None = None
+
+    def wake(self) -> None:
+        """Intake committed a row: let an idle slot pick it up now rather than at its next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        requeued = await asyncio.to_thread(self.db.requeue_running)
+        if requeued:
+            log.warning("resuming %d submission(s) that were running at the last stop", requeued)
+        self._fingerprint = await asyncio.to_thread(self.grader.fingerprint)
+        self._tasks = [
+            asyncio.create_task(self._slot(i), name=f"grading-slot-{i}")
+            for i in range(self.settings.slots)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _slot(self, number: int) -> None:
+        while True:
+            try:
+                row = await asyncio.to_thread(self.db.claim)
+            except Exception:  # noqa: BLE001 - a locked or full disk must not kill the slot
+                log.exception("slot %d: could not claim work", number)
+                row = None
+            if row is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
+            try:
+                await self._process(row)
+            except asyncio.CancelledError:
+                raise  # shutting down: the row stays "running" and is requeued at next start
+            except Exception:  # noqa: BLE001 - the slot must survive anything
+                log.exception("slot %d: unexpected failure on %s", number, row["id"])
+                await asyncio.to_thread(
+                    self.db.retry_later, row["id"], HARNESS_RETRY_DELAY, traceback.format_exc()
+                )
+
+    async def _process(self, row: Any) -> None:
+        sub_id = row["id"]
+        if row["attempts"] > self.settings.max_grade_attempts:
+            error = (
+                f"grading was interrupted {row['attempts'] - 1} times (the grader crashed or "
+                "was restarted while running this notebook); it was not graded"
+            )
+            await self._fail(row, error)
+            return
+        assert self._fingerprint is not None
+        cached = await asyncio.to_thread(self.db.cached_grade, row["sha256"], self._fingerprint)
+        if cached is not None:
+            result = GradeResult.model_validate_json(cached["grade"])
+            # A timeout or a dead kernel may have been the machine's fault: grade again.
+            if result.status in REUSABLE:
+                result.submission = row["name"]
+                await self._record(row, result, reused_from=cached["id"])
+                return
+        started = time.monotonic()
+        try:
+            result = await self.grader.grade(bytes(row["notebook"]), row["name"], sub_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the harness failed, not the learner
+            log.exception("grading %s failed (attempt %d)", sub_id, row["attempts"])
+            if row["attempts"] >= self.settings.max_grade_attempts:
+                await self._fail(row, f"the grader failed: {type(exc).__name__}: {exc}")
+            else:
+                await asyncio.to_thread(
+                    self.db.retry_later, sub_id, HARNESS_RETRY_DELAY, f"{type(exc).__name__}: {exc}"
+                )
+            return
+        log.info("graded %s in %.1f s: %s", sub_id, time.monotonic() - started, result.status)
+        await self._record(row, result)
+
+    async def _record(self, row: Any, result: GradeResult, reused_from: str | None = None) -> None:
+        finished = time.time()
+        results = _results_json(result)
+        cb = None
+        if row["callback_url"]:
+            cb = callback.build(
+                row,
+                results=results,
+                score=result.score,
+                max_score=result.max_score,
+                comment=_comment(result),
+                error=result.error or None,
+                finished_at=finished,
+            )
+        await asyncio.to_thread(
+            self.db.finish,
+            row["id"],
+            status="graded",
+            fingerprint=self._fingerprint,
+            grade=result.model_dump_json(),
+            result=json.dumps(results),
+            error=result.error or None,
+            reused_from=reused_from,
+            callback=cb,
+            finished_at=finished,
+        )
+        if cb is not None:
+            self.on_callback()
+
+    async def _fail(self, row: Any, error: str) -> None:
+        finished = time.time()
+        cb = None
+        if row["callback_url"]:
+            cb = callback.build(
+                row,
+                results=None,
+                score=None,
+                max_score=None,
+                comment=f"Not graded: {error}",
+                error=error,
+                finished_at=finished,
+            )
+        await asyncio.to_thread(
+            self.db.finish,
+            row["id"],
+            status="failed",
+            fingerprint=self._fingerprint,
+            grade=None,
+            result=None,
+            error=error,
+            callback=cb,
+            finished_at=finished,
+        )
+        if cb is not None:
+            self.on_callback()

@@ -1,0 +1,104 @@
+"""Where grading happens: in this process's kernel pool, or on Celery workers.
+
+Both backends take notebook bytes and a display name and return a `GradeResult`; the
+dispatcher does not care which one it talks to. Neither raises for a learner's notebook
+(`grade_async` turns it into a "rejected" or "crashed" result); an exception here means the
+harness itself failed, and the dispatcher retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any, Protocol
+
+from grader.models import GradeResult
+
+
+class Grader(Protocol):
+    mode: str
+
+    def fingerprint(self) -> str: ...
+
+    async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult: ...
+
+
+class LocalGrader:
+    """Grade in-process with `grader.pipeline.grade_async` (a kernel per slot)."""
+
+    mode = "local"
+
+    def __init__(self, options: Any = None) -> None:
+        from grader.pipeline import GradeOptions
+
+        self.options = options or GradeOptions()
+
+    def fingerprint(self) -> str:
+        from grader.pipeline import rubric_fingerprint
+
+        return rubric_fingerprint(self.options)
+
+    async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
+        from grader.pipeline import grade_async
+
+        return await grade_async(notebook, name, self.options)
+
+
+class CeleryGrader:
+    """Send `grader.tasks`' grading task to Celery workers and await it without blocking.
+
+    The task id is derived from the submission, so after a restart the service first looks
+    for a result a worker delivered while it was down before sending the task again.
+    """
+
+    mode = "celery"
+
+    def __init__(self, broker: str, options: Any = None, *, poll: float = 0.5) -> None:
+        from grader import tasks
+        from grader.pipeline import GradeOptions
+
+        self.options = options or GradeOptions()
+        self.poll = poll
+        self.app = tasks.configure(broker, total_timeout=self.options.limits.total_timeout)
+        self.budget = tasks.task_budget(self.options.limits.total_timeout, self.options.integrity)
+
+    def fingerprint(self) -> str:
+        from grader.pipeline import rubric_fingerprint
+
+        return rubric_fingerprint(self.options)
+
+    async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
+        from grader import tasks
+
+        tid = tasks.task_id(name, f"service:{key}:{self.fingerprint()}")
+        pending = self.app.AsyncResult(tid)
+        if not await asyncio.to_thread(pending.ready):
+            soft, hard = self.budget
+            pending = await asyncio.to_thread(
+                self.app.send_task,
+                tasks.TASK_NAME,
+                args=(
+                    name,
+                    base64.b64encode(notebook).decode("ascii"),
+                    self.options.model_dump_json(),
+                ),
+                task_id=tid,
+                soft_time_limit=soft,
+                time_limit=hard,
+            )
+        deadline = time.monotonic() + self.budget[1] * 2 + 60  # queueing plus one retry
+        while not await asyncio.to_thread(pending.ready):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no worker finished task {tid} in time")
+            await asyncio.sleep(self.poll)
+        try:
+            value = await asyncio.to_thread(pending.get, timeout=30, propagate=True)
+        finally:
+            await asyncio.to_thread(pending.forget)
+        return GradeResult.model_validate(value)
+
+
+def make_grader(broker: str | None) -> Grader:
+    """The local pool, or Celery workers behind ``broker``."""
+    return CeleryGrader(broker) if broker else LocalGrader()

@@ -1,0 +1,162 @@
+"""Callback delivery from the durable outbox: signed, retried with backoff, at least once.
+
+Every row is sent with the same body and ``webhook-id`` on every attempt (a fresh
+``webhook-timestamp`` and signature each time, as Standard Webhooks wants). 2xx is delivered;
+410 Gone and hosts no longer on the allowlist are given up at once; anything else (errors,
+timeouts, 5xx, redirects, which are never followed) is retried after
+``backoff * 2**attempt`` seconds with jitter, capped, until ``callback_max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from grader import __version__
+from grader.service.db import Database
+from grader.service.settings import Settings
+from grader.service.signing import sign_headers
+
+log = logging.getLogger("grader.service.outbox")
+
+CONCURRENCY = 8
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``attempt`` (1-based): exponential, jittered, capped."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay * random.uniform(0.75, 1.25)
+
+
+class Outbox:
+    """The delivery loop; ``wake()`` when a new callback was committed."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._inflight: set[int] = set()
+        self._sem = asyncio.Semaphore(CONCURRENCY)
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,  # a redirect could point anywhere: never follow it
+            timeout=self.settings.callback_timeout,
+            trust_env=False,  # no proxies from the environment
+            headers={"user-agent": f"mbgd-grader/{__version__}"},
+        )
+        self._task = asyncio.create_task(self._run(), name="callback-outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake.clear()
+                room = CONCURRENCY * 2 - len(self._inflight)
+                try:
+                    rows = (
+                        await asyncio.to_thread(self.db.due_callbacks, room, set(self._inflight))
+                        if room > 0
+                        else []
+                    )
+                except Exception:  # noqa: BLE001 - keep delivering after a transient DB error
+                    log.exception("outbox: could not read due callbacks")
+                    rows = []
+                for row in rows:
+                    self._inflight.add(row["seq"])
+                    task = asyncio.create_task(self._deliver(row))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if rows:
+                    await asyncio.sleep(0)
+                    continue
+                next_at = await asyncio.to_thread(self.db.next_callback_at)
+                wait = 2.0
+                if next_at is not None and next_at > time.time():
+                    wait = max(0.05, min(2.0, next_at - time.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _deliver(self, row: Any) -> None:
+        seq = row["seq"]
+        try:
+            async with self._sem:
+                await self._attempt(row)
+        except Exception:  # noqa: BLE001
+            log.exception("outbox: delivery of %s failed unexpectedly", row["webhook_id"])
+        finally:
+            self._inflight.discard(seq)
+            self._wake.set()
+
+    async def _attempt(self, row: Any) -> None:
+        seq, url, attempt = row["seq"], row["url"], row["attempts"] + 1
+        if not self.settings.callback_host_allowed(url):
+            await asyncio.to_thread(
+                self.db.callback_done,
+                seq,
+                status="dead",
+                http_status=None,
+                error="callback host is not on MBGD_CALLBACK_ALLOWED_HOSTS",
+            )
+            return
+        if self.settings.callback_key is None:
+            await asyncio.to_thread(
+                self.db.callback_retry,
+                seq,
+                at=time.time() + 60,
+                http_status=None,
+                error="MBGD_CALLBACK_SECRET is not set; callbacks wait until it is",
+            )
+            return
+        body = bytes(row["body"])
+        headers = sign_headers(self.settings.callback_key, row["webhook_id"], body)
+        headers["content-type"] = "application/json"
+        status: int | None = None
+        try:
+            assert self._client is not None
+            response = await self._client.post(url, content=body, headers=headers)
+            status = response.status_code
+            error = f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        if status is not None and 200 <= status < 300:
+            await asyncio.to_thread(
+                self.db.callback_done, seq, status="delivered", http_status=status, error=""
+            )
+            log.info("callback %s delivered (attempt %d)", row["webhook_id"], attempt)
+            return
+        if status == 410 or attempt >= self.settings.callback_max_attempts:
+            log.warning("callback %s given up after %d attempts: %s", seq, attempt, error)
+            await asyncio.to_thread(
+                self.db.callback_done, seq, status="dead", http_status=status, error=error
+            )
+            return
+        delay = backoff_delay(
+            attempt, self.settings.callback_backoff, self.settings.callback_backoff_cap
+        )
+        log.info("callback %s attempt %d: %s; retry in %.1f s", seq, attempt, error, delay)
+        await asyncio.to_thread(
+            self.db.callback_retry, seq, at=time.time() + delay, http_status=status, error=error
+        )

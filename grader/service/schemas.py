@@ -1,0 +1,94 @@
+"""The service's request and response bodies, as they appear in /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "running", "graded", "failed"]
+
+
+class SubmissionIn(BaseModel):
+    """What the LMS posts. Exactly one of ``notebook`` and ``notebook_base64``."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    submission_id: str = Field(min_length=1, max_length=256, description="The LMS's own id.")
+    learner_id: str = Field(
+        min_length=1, max_length=256, description="Becomes AGS `userId` in the callback."
+    )
+    assignment_id: str | None = Field(default=None, max_length=256)
+    notebook: dict[str, Any] | None = Field(
+        default=None, description="The .ipynb file's JSON, as an object."
+    )
+    notebook_base64: str | None = Field(
+        default=None, description="The .ipynb file's bytes, base64-encoded."
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where to POST the signed result; its host must be allowed by the service.",
+    )
+
+
+class Accepted(BaseModel):
+    """The 202 answer: the submission is stored and will be graded."""
+
+    id: str
+    status: Status
+    status_url: str
+
+
+class CallbackState(BaseModel):
+    status: Literal["pending", "delivered", "dead"]
+    webhook_id: str
+    attempts: int
+    delivered_at: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+
+class SubmissionState(BaseModel):
+    """``GET /v1/submissions/{id}``: where a submission is, and its results.json once graded."""
+
+    id: str
+    submission_id: str
+    learner_id: str
+    assignment_id: str | None = None
+    status: Status
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int
+    received_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    queued_seconds: float | None = None
+    grading_seconds: float | None = None
+    reused_from: str | None = Field(
+        default=None,
+        description="Another submission with the same notebook whose grade was reused.",
+    )
+    callback: CallbackState | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    mode: str
+    queued: int
+    running: int
+    graded: int
+    failed: int
+    callbacks_pending: int
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Every error answer: ``detail`` is a sentence, or a list naming the fields at fault."""
+
+    detail: str | list[ErrorItem]

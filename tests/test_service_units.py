@@ -1,0 +1,215 @@
+"""The webhook service's parts without a server: signatures, settings, database, callbacks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+
+import pytest
+
+from grader.service import callback
+from grader.service.db import Callback, Database, NewSubmission
+from grader.service.outbox import backoff_delay
+from grader.service.settings import SettingsError, db_path_from_url, from_environment
+from grader.service.signing import (
+    SignatureError,
+    decode_secret,
+    parse_secrets,
+    sign_headers,
+    signature,
+    verify,
+)
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+OTHER = "whsec_" + base64.b64encode(b"o" * 32).decode()
+
+
+def test_signature_matches_the_standard_webhooks_test_vector() -> None:
+    # The vector published with the Standard Webhooks reference libraries.
+    key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    sig = signature(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_verify_accepts_fresh_signed_messages_and_names_the_id() -> None:
+    key = decode_secret(SECRET)
+    headers = sign_headers(key, "msg_1", b"{}")
+    assert verify([key], headers, b"{}") == "msg_1"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda h, b: (h, b + b" "), "no webhook-signature matches"),
+        (lambda h, b: ({**h, "webhook-id": "msg_2"}, b), "no webhook-signature matches"),
+        (lambda h, b: ({**h, "webhook-signature": "v2,abc"}, b), "no 'v1,<base64>'"),
+        (lambda h, b: ({k: v for k, v in h.items() if k != "webhook-id"}, b), "webhook-id"),
+        (lambda h, b: ({**h, "webhook-timestamp": "soon"}, b), "not an integer"),
+    ],
+)
+def test_verify_refuses_tampering_with_a_reason(mutate, reason: str) -> None:  # noqa: ANN001
+    key = decode_secret(SECRET)
+    headers, body = mutate(sign_headers(key, "msg_1", b'{"a":1}'), b'{"a":1}')
+    with pytest.raises(SignatureError, match=reason):
+        verify([key], headers, body)
+
+
+def test_verify_refuses_stale_and_future_timestamps_even_when_signed() -> None:
+    key = decode_secret(SECRET)
+    now = time.time()
+    old = sign_headers(key, "msg_1", b"{}", now=now - 301)
+    future = sign_headers(key, "msg_1", b"{}", now=now + 301)
+    with pytest.raises(SignatureError, match="old"):
+        verify([key], old, b"{}", now=now)
+    with pytest.raises(SignatureError, match="future"):
+        verify([key], future, b"{}", now=now)
+    assert verify([key], sign_headers(key, "m", b"{}", now=now - 290), b"{}", now=now) == "m"
+
+
+def test_key_rotation_several_signatures_and_several_secrets() -> None:
+    new, old = decode_secret(SECRET), decode_secret(OTHER)
+    headers = sign_headers(old, "msg_r", b"x")
+    fresh = signature(new, "msg_r", headers["webhook-timestamp"], b"x")
+    both = f"{fresh} {headers['webhook-signature']}"
+    # The sender signs with both keys; we only know the new one.
+    assert verify([new], {**headers, "webhook-signature": both}, b"x") == "msg_r"
+    # We accept two secrets while the sender still uses the old one.
+    assert verify(parse_secrets(f"{SECRET} {OTHER}"), headers, b"x") == "msg_r"
+    with pytest.raises(SignatureError):
+        verify([new], headers, b"x")
+
+
+def test_secrets_must_be_base64() -> None:
+    with pytest.raises(ValueError, match="whsec_"):
+        decode_secret("whsec_not base64!")
+    with pytest.raises(ValueError, match="16 bytes"):
+        decode_secret("whsec_" + base64.b64encode(b"short").decode())
+
+
+def test_settings_need_a_webhook_secret_and_parse_the_allowlist(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(SettingsError, match="MBGD_WEBHOOK_SECRET"):
+        from_environment(env={})
+    settings = from_environment(
+        db=f"sqlite:///{tmp_path}/s.db",
+        env={
+            "MBGD_WEBHOOK_SECRET": SECRET,
+            "MBGD_CALLBACK_SECRET": OTHER,
+            "MBGD_CALLBACK_ALLOWED_HOSTS": "lms.example.edu, 127.0.0.1:9000",
+        },
+    )
+    assert settings.db_path == tmp_path / "s.db"
+    allowed = settings.callback_host_allowed
+    assert allowed("https://lms.example.edu/grades")
+    assert allowed("http://LMS.example.edu:8080/x")  # a bare host allows any port
+    assert allowed("http://127.0.0.1:9000/cb")
+    assert not allowed("http://127.0.0.1:9001/cb")  # host:port allows that port only
+    assert not allowed("http://169.254.169.254/latest/meta-data")
+    assert not allowed("file:///etc/passwd")
+    assert not allowed("https://user:pw@lms.example.edu/")
+    assert not allowed("https://lms.example.edu.evil.com/")
+    assert not allowed("http://[::1/")
+
+
+def test_db_urls() -> None:
+    assert str(db_path_from_url("sqlite:////var/lib/x.db")) == "/var/lib/x.db"
+    assert str(db_path_from_url("sqlite:///rel.db")) == "rel.db"
+    with pytest.raises(SettingsError, match="sqlite"):
+        db_path_from_url("postgres://host/db")
+
+
+def _submission(n: int, webhook_id: str, sha: str = "s") -> NewSubmission:
+    return NewSubmission(
+        id=f"sub_{n}",
+        webhook_id=webhook_id,
+        submission_id=str(n),
+        learner_id="l",
+        assignment_id=None,
+        callback_url="http://127.0.0.1/cb",
+        name=str(n),
+        notebook=b"{}",
+        sha256=sha,
+        response=json.dumps({"id": f"sub_{n}"}),
+    )
+
+
+def test_database_dedupes_webhook_ids_and_survives_reopen(tmp_path) -> None:  # noqa: ANN001
+    db = Database(tmp_path / "q.db")
+    assert db.insert(_submission(1, "msg_a")) == (True, '{"id": "sub_1"}')
+    assert db.insert(_submission(2, "msg_a")) == (False, '{"id": "sub_1"}')
+    assert db.insert(_submission(3, "msg_b", sha="s")) == (True, '{"id": "sub_3"}')
+    assert db.insert(_submission(4, "msg_c", sha="t"))[0]
+    first = db.claim()
+    assert first is not None and first["id"] == "sub_1" and first["attempts"] == 1
+    # sub_3 has the same notebook as the running sub_1: it waits to reuse that grade.
+    second = db.claim()
+    assert second is not None and second["id"] == "sub_4"
+    assert db.claim() is None
+    db.close()
+    # A crash: what was running is queued again, with its attempts remembered.
+    db = Database(tmp_path / "q.db")
+    assert db.requeue_running() == 2
+    assert db.counts()["queued"] == 3
+    assert db.claim()["attempts"] == 2  # type: ignore[index]
+    conn = sqlite3.connect(tmp_path / "q.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_result_and_callback_are_written_together_and_once(tmp_path) -> None:  # noqa: ANN001
+    db = Database(tmp_path / "o.db")
+    db.insert(_submission(1, "msg_a"))
+    db.claim()
+    cb = Callback(webhook_id="msg_x", url="http://127.0.0.1/cb", body=b"{}")
+    db.finish(
+        "sub_1", status="graded", fingerprint="f", grade="{}", result="{}", error=None, callback=cb
+    )
+    db.finish(
+        "sub_1", status="graded", fingerprint="f", grade="{}", result="{}", error=None, callback=cb
+    )
+    due = db.due_callbacks(10, set())
+    assert [r["webhook_id"] for r in due] == ["msg_x"]
+    assert db.due_callbacks(10, {due[0]["seq"]}) == []
+    db.callback_retry(due[0]["seq"], at=time.time() + 60, http_status=500, error="HTTP 500")
+    assert db.due_callbacks(10, set()) == []
+    state = db.get("sub_1")
+    assert state is not None and state["status"] == "graded" and state["cb_attempts"] == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    delays = [backoff_delay(n, 2.0, 100.0) for n in range(1, 12)]
+    assert 1.5 <= delays[0] <= 2.5
+    assert 12 <= delays[3] <= 20
+    assert max(delays) <= 125
+
+
+def test_callback_body_carries_ags_fields_and_a_stable_id() -> None:
+    row = {
+        "id": "sub_1",
+        "submission_id": "42",
+        "learner_id": "u7",
+        "assignment_id": "a",
+        "callback_url": "http://127.0.0.1/cb",
+    }
+    args = dict(
+        results={"score": 7.0},
+        score=7.0,
+        max_score=10.0,
+        comment="7/10.",
+        error=None,
+        finished_at=1_700_000_000.0,
+    )
+    one, two = callback.build(row, **args), callback.build(row, **args)
+    assert one == two and one.webhook_id.startswith("msg_")
+    body = json.loads(one.body)
+    assert body["score"] == {
+        "userId": "u7",
+        "scoreGiven": 7.0,
+        "scoreMaximum": 10.0,
+        "activityProgress": "Completed",
+        "gradingProgress": "FullyGraded",
+        "timestamp": "2023-11-14T22:13:20.000+00:00",
+        "comment": "7/10.",
+    }
+    failed = json.loads(callback.build(row, **{**args, "results": None, "score": None}).body)
+    assert failed["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in failed["score"]
