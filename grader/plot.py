@@ -22,6 +22,7 @@ ANSWER_KEY = "LOSS20"
 MAX_POINTS = 2000  # per curve; the lab has 10 epochs, a runaway loop may have millions
 MAX_CURVES = 12
 MAX_LABEL = 60
+Y_RANGE = (1e-100, 1e100)  # a log axis overflows when its margins pass 1e308
 PALETTE = {
     "LOSS_BGD": "#1f77b4",
     "LOSS_SGD": "#2ca02c",
@@ -52,7 +53,7 @@ def _positive_points(y: list[float]) -> tuple[list[int], list[float]]:
     for epoch, value in enumerate(y[:MAX_POINTS]):
         if math.isfinite(value) and value > 0:
             xs.append(epoch)
-            ys.append(value)
+            ys.append(min(max(value, Y_RANGE[0]), Y_RANGE[1]))
     return xs, ys
 
 

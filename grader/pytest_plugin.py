@@ -1,8 +1,22 @@
-"""pytest plugin for learners: `pytest --notebook my_lab.ipynb` (inactive without --notebook)."""
+"""The learners' door: `pytest --notebook my_lab.ipynb`, one test item per rubric check.
+
+Inactive unless `--notebook` is given: then it collects the given notebooks (instead of the
+default test paths when no other path was named), grades each notebook once per session with
+`grader.pipeline.grade`, fails an item with the check's learner-facing message (no grader
+traceback unless `-vv`), writes the feedback page, and ends with `mbgd-grader: 7/10 points`.
+"""
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import pytest
+
+from grader.models import CheckResult, GradeResult
+from grader.rubric import CheckSpec, Rubric, RubricError, load_rubric
+
+PLUGIN_NAME = "mbgd-grader-session"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -12,5 +26,277 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="PATH",
-        help="grade this notebook (or every notebook in this folder); repeatable",
+        help="grade this notebook, or every notebook in this folder (repeatable)",
     )
+    group.addoption(
+        "--rubric",
+        default=None,
+        metavar="FILE",
+        help="rubric TOML to grade with (default: the one shipped with mbgd-grader)",
+    )
+    group.addoption(
+        "--feedback-dir",
+        default=None,
+        metavar="DIR",
+        help="write DIR/<notebook stem>/feedback.html (default: <stem>-feedback/ beside it)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    paths = config.getoption("notebook")
+    if not paths:
+        return  # not asked: the plugin does nothing at all
+    notebooks = expand_notebooks(paths)
+    rubric_path = config.getoption("rubric")
+    try:
+        rubric = load_rubric(rubric_path)
+    except RubricError as error:
+        raise pytest.UsageError(f"--rubric: {error}") from error
+    extra = [str(path) for path in notebooks]
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        config.args = [*config.args, *extra]
+    else:  # no path on the command line: grade the notebooks, don't collect the test paths
+        config.args = extra
+    feedback_dir = config.getoption("feedback_dir")
+    grading = NotebookGrading(
+        notebooks, rubric, rubric_path, Path(feedback_dir) if feedback_dir else None
+    )
+    config.pluginmanager.register(grading, PLUGIN_NAME)
+
+
+def expand_notebooks(paths: list[str]) -> list[Path]:
+    """Files as given, folders as the notebooks under them (hidden folders skipped)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            inside = sorted(
+                p
+                for p in path.rglob("*.ipynb")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not inside:
+                raise pytest.UsageError(f"--notebook {raw}: no .ipynb notebook in this folder")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise pytest.UsageError(f"--notebook {raw}: no such file or folder")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path.resolve())
+    return list(unique.values())
+
+
+def _points(value: float) -> str:
+    return f"{round(value, 4):g}"
+
+
+class NotebookGrading:
+    """Session state: which notebooks to grade, with what, and what came out."""
+
+    def __init__(
+        self, notebooks: list[Path], rubric: Rubric, rubric_path: str | None, out: Path | None
+    ) -> None:
+        self.notebooks = set(notebooks)
+        self.rubric = rubric
+        self.rubric_path = rubric_path
+        self.out = out
+        self.files: list[NotebookFile] = []
+
+    def feedback_dir(self, notebook: Path) -> Path:
+        if self.out is not None:
+            return self.out / notebook.stem
+        return notebook.parent / f"{notebook.stem}-feedback"
+
+    @pytest.hookimpl
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> NotebookFile | None:
+        if file_path.resolve() in self.notebooks:
+            return NotebookFile.from_parent(parent, path=file_path)
+        return None
+
+    @pytest.hookimpl
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        count = len(self.notebooks)
+        name = self.rubric_path or f"default ({self.rubric.name})"
+        return (
+            f"mbgd-grader: {count} notebook{'s' if count != 1 else ''}, rubric {name}, "
+            f"{_points(self.rubric.max_score)} points"
+        )
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
+        graded = [f for f in self.files if f.outcome is not None]
+        if not graded:
+            return
+        write = terminalreporter.write_line
+        unsandboxed = sorted({f.sandbox for f in graded if f.sandbox and not _boxed(f.sandbox)})
+        terminalreporter.section("mbgd-grader", sep="-")
+        for file in graded:
+            write(file.summary_line(), bold=True)
+            if file.feedback_page is not None:
+                write(f"  feedback page: {file.feedback_page}")
+            elif file.feedback_error:
+                write(f"  feedback page not written: {file.feedback_error}", yellow=True)
+        for sandbox in unsandboxed:
+            write(
+                f"mbgd-grader: note: your notebook ran without a sandbox ({sandbox}); "
+                "that is expected on your own computer.",
+                yellow=True,
+            )
+
+
+def _boxed(sandbox: str) -> bool:
+    return sandbox.startswith("bubblewrap")
+
+
+class GraderError(Exception):
+    """The grader itself failed (not the learner's notebook)."""
+
+
+class CheckFailed(Exception):
+    """A check did not pass; `str()` is the learner's message."""
+
+
+class NotebookFile(pytest.File):
+    """One notebook: one item per rubric check, graded once, lazily, on the first item."""
+
+    outcome: GradeResult | BaseException | None = None
+    feedback_page: Path | None = None
+    feedback_error: str = ""
+
+    @property
+    def grading(self) -> NotebookGrading:
+        return self.config.pluginmanager.get_plugin(PLUGIN_NAME)
+
+    def collect(self):
+        self.grading.files.append(self)
+        for spec in self.grading.rubric.checks:
+            yield CheckItem.from_parent(self, name=spec.id, spec=spec)
+
+    @property
+    def sandbox(self) -> str:
+        return self.outcome.sandbox if isinstance(self.outcome, GradeResult) else ""
+
+    def result(self) -> GradeResult:
+        """Grade this notebook the first time any of its items runs; reuse it afterwards."""
+        if self.outcome is None:
+            self.outcome = self._grade()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def _grade(self) -> GradeResult | BaseException:
+        try:
+            from grader.pipeline import GradeOptions, grade  # heavy: only when grading
+
+            options = GradeOptions(rubric_path=self.grading.rubric_path)
+            result = grade(self.path, name=self.path.name, options=options)
+        except Exception as error:  # a grader bug: report it on the items, never as a crash
+            failure = GraderError(f"{type(error).__name__}: {error}")
+            failure.__cause__ = error
+            return failure
+        self._write_feedback(result)
+        return result
+
+    def _write_feedback(self, result: GradeResult) -> None:
+        from grader.report import write_reports
+
+        out = self.grading.feedback_dir(self.path)
+        for target in (out, Path.cwd() / ".mbgd-feedback" / self.path.stem):
+            try:
+                write_reports(result, target)
+            except OSError as error:
+                self.feedback_error = f"{target}: {error.strerror or error}"
+                continue
+            self.feedback_page = target / "feedback.html"
+            return
+
+    def summary_line(self) -> str:
+        outcome = self.outcome
+        if isinstance(outcome, GradeResult):
+            points = f"{_points(outcome.score)}/{_points(outcome.max_score)} points"
+            extra = "" if outcome.status == "graded" else f" ({outcome.status})"
+            return f"mbgd-grader: {points} for {self.path.name}{extra}"
+        return f"mbgd-grader: not graded: {self.path.name}: the grader failed ({outcome})"
+
+
+class CheckItem(pytest.Item):
+    """One rubric check of one notebook."""
+
+    def __init__(self, *, spec: CheckSpec, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.check: CheckResult | None = None
+        self.result: GradeResult | None = None
+
+    @property
+    def notebook(self) -> NotebookFile:
+        assert isinstance(self.parent, NotebookFile)
+        return self.parent
+
+    def runtest(self) -> None:
+        result = self.notebook.result()
+        self.result = result
+        self.check = next((c for c in result.checks if c.id == self.spec.id), None)
+        if self.check is None:
+            if result.status in ("rejected", "crashed") or result.error:
+                self.user_properties.extend([("points", 0), ("max_points", self.spec.points)])
+                raise CheckFailed(self._not_graded(result))
+            pytest.skip(f"{self.spec.id} was not part of this grading run")
+        self.user_properties.extend(
+            [("points", self.check.points), ("max_points", self.check.max_points)]
+        )
+        if not self.check.passed:
+            raise CheckFailed(self._learner_message(self.check))
+
+    def _not_graded(self, result: GradeResult) -> str:
+        if result.status == "crashed":
+            return (
+                f"The grader failed on this notebook (not your fault): {result.error}\n"
+                "Please tell your instructor."
+            )
+        return f"Your notebook was not graded: {result.error or result.status}"
+
+    def _learner_message(self, check: CheckResult) -> str:
+        head = f"{check.name} ({_points(check.points)}/{_points(check.max_points)} points)"
+        lines = [head, "", check.message]
+        if self.notebook.feedback_page is not None:
+            lines += ["", f"Feedback page with your curves: {self.notebook.feedback_page}"]
+        return "\n".join(lines)
+
+    def _details(self) -> str:
+        """What `-vv` adds: the machine ids and the failing cells' tracebacks."""
+        result, check = self.result, self.check
+        if result is None:
+            return ""
+        lines = ["", "-- details (-vv) --", f"status: {result.status}"]
+        if check is not None and check.diagnosis:
+            lines.append(f"diagnosis id: {check.diagnosis}")
+        lines.append(f"graded variable: {result.answer_name or '(none found)'}")
+        lines.append(f"sandbox: {result.sandbox}")
+        if result.execution is not None:
+            lines.append(f"kernel: {result.execution.fate}")
+            for cell in result.execution.cells:
+                if cell.status in ("ok", "not_run"):
+                    continue
+                lines.append(f"cell {cell.index}: {cell.status} {cell.error_name}")
+                if cell.traceback:
+                    lines.append(cell.traceback.rstrip())
+        return "\n".join(lines)
+
+    def repr_failure(self, excinfo, style=None):
+        verbose = self.config.get_verbosity() >= 2
+        if isinstance(excinfo.value, CheckFailed):
+            return str(excinfo.value) + (self._details() if verbose else "")
+        if isinstance(excinfo.value, GraderError):
+            message = f"The grader itself failed on this notebook (not your fault): {excinfo.value}"
+            if verbose and excinfo.value.__cause__ is not None:
+                cause = excinfo.value.__cause__
+                return message + "\n\n" + "".join(traceback.format_exception(cause))
+            return message + "\n(run pytest with -vv for the grader's traceback)"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.path.name}::{self.name}"

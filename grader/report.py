@@ -84,7 +84,7 @@ def gradescope_json(result: GradeResult) -> dict:
             "max_score": _num(result.max_score),
             "answer_name": result.answer_name,
             "diagnosis": result.diagnosis,
-            "mistake": getattr(result, "mistake", ""),
+            "mistake": result.mistake,
             "integrity": result.integrity,
             "sandbox": result.sandbox,
             "grader_version": result.grader_version,

@@ -1,0 +1,317 @@
+"""Reports: Gradescope's results.json and the learner's feedback page.
+
+The rendering tests build a GradeResult by hand (a report unit test, not a mocked grader);
+the slow tests grade real notebooks with the real pipeline and check what lands on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+import stat
+
+import matplotlib.image
+import nbformat
+import pytest
+
+from grader.models import CellRun, CheckResult, Curve, Execution, GradeResult
+from grader.plot import clean_label, curves_png
+from grader.report import feedback_html, gradescope_json, short_traceback, write_reports
+from reference import LabSettings, expected, mistake_variants
+
+HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _reference_curves() -> list[Curve]:
+    return [Curve(label=name, y=values) for name, values in expected().items()]
+
+
+def _hand_made(**changes) -> GradeResult:
+    """A graded batch-size-10 mistake, the way the checks module reports one."""
+    wrong = mistake_variants(LabSettings())["batch_size_10"]
+    execution = Execution(
+        fate="ok",
+        sandbox="rlimits-only (bwrap not found)",
+        notes=["Tensors were detached for plotting: not your fault."],
+        cells=[
+            CellRun(index=3, status="ok"),
+            CellRun(
+                index=31,
+                status="error",
+                error_name="NameError",
+                error_value="name 'LOSS_MINI20' is not defined",
+                traceback="Traceback (most recent call last):\n"
+                + "".join(f"  frame {i}\n" for i in range(100))
+                + "NameError: name 'LOSS_MINI20' is not defined",
+            ),
+            CellRun(index=32, status="not_run"),
+        ],
+    )
+    checks = [
+        CheckResult(
+            id="notebook.runs",
+            name="Notebook runs without errors",
+            points=0,
+            max_points=0,
+            passed=False,
+            message="cell 31 raised NameError",
+        ),
+        CheckResult(
+            id="loss20.values",
+            name="LOSS20 matches batch size 20",
+            points=0,
+            max_points=5,
+            passed=False,
+            message="Epoch 1 differs.\nYour numbers are what batch size 10 gives.",
+            diagnosis="batch_size_10",
+        ),
+        CheckResult(
+            id="plot.loss20",
+            name="The batch-20 loss is plotted",
+            points=2,
+            max_points=2,
+            passed=True,
+            message="Plotted.",
+        ),
+    ]
+    fields = dict(
+        submission="my_lab.ipynb",
+        status="graded",
+        score=2,
+        max_score=7,
+        checks=checks,
+        answer_name="LOSS_MINI20",
+        diagnosis="LOSS_MINI20 matches batch size 10: your loop uses the old trainloader.",
+        mistake="batch_size_10",
+        sandbox=execution.sandbox,
+        grader_version="9.9.9",
+        rubric_name="mini-batch-gd",
+        execution=execution,
+        learner_curves=[Curve(label="your LOSS_MINI20", y=wrong)],
+        reference_curves=_reference_curves(),
+        seconds=12.345,
+    )
+    fields.update(changes)
+    return GradeResult(**fields)
+
+
+def _embedded_png(page: str) -> bytes:
+    match = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert match, "the feedback page has no inline PNG"
+    return base64.b64decode(match.group(1))
+
+
+def test_gradescope_json_follows_the_schema():
+    result = _hand_made()
+    data = gradescope_json(result)
+    json.dumps(data, allow_nan=False)  # strict JSON: Gradescope rejects NaN
+    assert data["score"] == 2
+    assert data["execution_time"] == pytest.approx(12.345)
+    assert "LOSS_MINI20 matches batch size 10" in data["output"]
+    assert "detached for plotting" in data["output"]
+    assert [t["extra_data"]["id"] for t in data["tests"]] == [c.id for c in result.checks]
+    for test, check in zip(data["tests"], result.checks, strict=True):
+        assert test["name"] == check.name
+        assert test["score"] == check.points
+        assert test["max_score"] == check.max_points
+        assert test["status"] == ("passed" if check.passed else "failed")
+        assert test["output"] == check.message
+    assert sum(t["score"] for t in data["tests"]) == data["score"]
+    extra = data["extra_data"]
+    assert extra["max_score"] == 7
+    assert extra["answer_name"] == "LOSS_MINI20"
+    assert extra["diagnosis"] == result.diagnosis
+    assert extra["mistake"] == "batch_size_10"
+    assert extra["integrity"] == "not_checked"
+    assert extra["sandbox"] == "rlimits-only (bwrap not found)"
+    assert extra["grader_version"] == "9.9.9"
+    assert extra["status"] == "graded"
+    # the kernel's variables and curves are not part of an LMS record
+    assert "learner_curves" not in json.dumps(data)
+    assert str(result.learner_curves[0].y[1]) not in json.dumps(data)
+
+
+def test_gradescope_json_never_emits_nan_points():
+    result = _hand_made(score=math.nan, max_score=math.inf)
+    text = json.dumps(gradescope_json(result), allow_nan=False)
+    assert json.loads(text)["score"] == 0
+
+
+def test_feedback_page_shows_score_checks_diagnosis_notes_and_cells():
+    result = _hand_made()
+    page = feedback_html(result)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    assert "2 / 7 points" in " ".join(text.split())
+    assert result.diagnosis in text
+    for check in result.checks:
+        assert check.name in text and check.id in text
+    assert "passed" in text and "failed" in text
+    assert "Tensors were detached for plotting: not your fault." in text
+    assert "Cell 31" in text and "NameError" in text
+    assert "frame 99" in text and "frame 10\n" not in text  # traceback shortened to its end
+    assert "LOSS_MINI20" in text
+    assert "rlimits-only (bwrap not found)" in text
+
+
+def test_feedback_page_is_self_contained():
+    page = feedback_html(_hand_made())
+    assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "external asset referenced"
+    assert "http://" not in page and "https://" not in page
+    png = _embedded_png(page)
+    assert png.startswith(PNG_MAGIC)
+    image = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert image.shape[0] > 300 and image.shape[1] > 800
+
+
+def test_hostile_learner_text_is_escaped_everywhere():
+    execution = Execution(
+        fate="ok",
+        sandbox="bubblewrap",
+        notes=[HOSTILE],
+        cells=[
+            CellRun(
+                index=1,
+                status="error",
+                error_name=HOSTILE,
+                error_value=HOSTILE,
+                traceback=HOSTILE,
+            )
+        ],
+    )
+    check = CheckResult(
+        id="plot.legend",
+        name=HOSTILE,
+        points=0,
+        max_points=1,
+        passed=False,
+        message=HOSTILE,
+        diagnosis=HOSTILE,
+    )
+    result = _hand_made(
+        submission=HOSTILE,
+        answer_name=HOSTILE,
+        diagnosis=HOSTILE,
+        error=HOSTILE,
+        checks=[check],
+        execution=execution,
+        learner_curves=[Curve(label="$\\frac{1}{$ " + HOSTILE, y=[1.0, 0.5])],
+    )
+    page = feedback_html(result)
+    assert "<script" not in page.lower()
+    assert "<img src=x" not in page
+    assert page.count("&lt;script&gt;") >= 8  # title, header, callouts, table, notes, cells
+    assert "Content-Security-Policy" in page  # second line of defence: no script may run
+    # results.json keeps the text as data; JSON escaping is enough there
+    assert json.loads(json.dumps(gradescope_json(result)))["tests"][0]["output"] == HOSTILE
+
+
+def test_plot_survives_hostile_and_degenerate_curves():
+    weird = [
+        Curve(label="your LOSS20", y=[math.nan, math.inf, -1.0, 0.0, 1e300, 1e-300]),
+        Curve(label="$\\unknowncommand{x}$", y=[]),
+        Curve(label="x" * 10_000, y=[1.0] * 100_000),
+        *(Curve(label=f"your LOSS_{i}", y=[float(i + 1)]) for i in range(50)),
+    ]
+    assert curves_png(weird, _reference_curves()).startswith(PNG_MAGIC)
+    assert curves_png([], []).startswith(PNG_MAGIC)
+    assert clean_label("$a$\x00b") == r"\$a\$ b"
+    assert len(clean_label("y" * 500)) <= 60
+
+
+def test_rejected_result_renders_without_a_plot():
+    result = GradeResult(
+        submission="notes.txt",
+        status="rejected",
+        score=0,
+        max_score=10,
+        error="This file is not a notebook: it is not JSON (line 1).",
+        diagnosis="This file is not a notebook: it is not JSON (line 1).",
+    )
+    page = feedback_html(result)
+    assert "not a notebook" in page and "<img" not in page
+    data = gradescope_json(result)
+    assert data["extra_data"]["status"] == "rejected" and data["tests"] == []
+
+
+def test_short_traceback_keeps_the_end():
+    text = "\n".join(f"line {i}" for i in range(1000))
+    short = short_traceback(text)
+    assert short.endswith("line 999") and "line 0\n" not in short
+    assert len(short) < 4100
+
+
+def test_write_reports_writes_both_files_readable(tmp_path):
+    result = _hand_made()
+    out = tmp_path / "deep" / "my_lab"
+    write_reports(result, out)
+    assert json.loads((out / "results.json").read_text()) == gradescope_json(result)
+    assert _embedded_png((out / "feedback.html").read_text()).startswith(PNG_MAGIC)
+    for name in ("results.json", "feedback.html"):
+        assert stat.S_IMODE((out / name).stat().st_mode) & 0o044 == 0o044
+    assert sorted(p.name for p in out.iterdir()) == ["feedback.html", "results.json"]
+
+
+# --- the real pipeline ------------------------------------------------------------------
+
+
+def _notebook(*sources: str) -> bytes:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    return nbformat.writes(nb).encode()
+
+
+@pytest.fixture(scope="module")
+def hostile_graded():
+    """A tiny real notebook whose plot label and error message are HTML."""
+    from grader.pipeline import grade
+
+    source = _notebook(
+        "import matplotlib.pyplot as plt",
+        f"LOSS20 = [3.0, 2.0, 1.0]\nplt.plot(LOSS20, label={HOSTILE!r})\nplt.legend()\nplt.show()",
+        f"raise ValueError({HOSTILE!r})",
+    )
+    return grade(source, name="hostile.ipynb")
+
+
+@pytest.mark.slow
+def test_real_grade_of_hostile_notebook_is_escaped(hostile_graded, tmp_path):
+    result = hostile_graded
+    assert result.status == "graded"
+    assert any(HOSTILE in (cell.error_value or "") for cell in result.execution.cells)
+    write_reports(result, tmp_path)
+    page = (tmp_path / "feedback.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in page
+    assert _embedded_png(page).startswith(PNG_MAGIC)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["score"] == result.score
+    assert sum(t["score"] for t in data["tests"]) == pytest.approx(result.score)
+    assert {t["extra_data"]["id"] for t in data["tests"]} >= {"notebook.runs", "loss20.values"}
+
+
+@pytest.mark.slow
+def test_secret_seed_is_never_reported(tmp_path):
+    """Integrity re-runs use a secret seed; neither report may leak it."""
+    from grader.pipeline import GradeOptions, grade
+
+    secret = 1_739_204_861
+    source = _notebook(
+        "import torch\ntorch.manual_seed(1)\nLOSS20 = [float(torch.rand(1)) + 1 for _ in range(10)]"
+    )
+    result = grade(
+        source, name="seeded.ipynb", options=GradeOptions(integrity=True, secret_seed=secret)
+    )
+    write_reports(result, tmp_path)
+    for name in ("results.json", "feedback.html"):
+        assert str(secret) not in (tmp_path / name).read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["extra_data"]["integrity"] in (
+        "passed",
+        "flagged",
+        "not_checked",
+    )
