@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from grader import __version__
 from grader.checks import evaluate
 from grader.compare import Tolerance, starts_with
+from grader.forgery import hard_coded_cells
 from grader.models import CheckResult, Execution, GradeResult
 from grader.rubric import Rubric, load_rubric
 from grader.run import RunLimits, execute_async
@@ -116,6 +117,23 @@ def _integrity_check(
     )
 
 
+def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) -> None:
+    """A passing LOSS20 whose numbers stand in the source as literals is flagged, not failed:
+    the instructor decides (the secret-seed re-run gives the stronger evidence)."""
+    values = next((c for c in result.checks if c.id == "loss20.values" and c.passed), None)
+    if values is None:
+        return
+    want = expected(seed=rubric.answer.seed, epochs=rubric.answer.epochs)["LOSS20"]
+    cells = hard_coded_cells(submission.notebook, want)
+    if cells:
+        values.message += (
+            f" Note: cell {cells[0]} spells these numbers out as literals; the instructor "
+            "will see this answer flagged as possibly typed in."
+        )
+        result.integrity = "flagged"
+        result.mistake = "hard_coded"
+
+
 async def grade_submission(submission: Submission, options: GradeOptions) -> GradeResult:
     """Grade an already loaded submission (the doors that validated it themselves use this)."""
     started = time.monotonic()
@@ -124,13 +142,16 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
         rubric = rubric.with_integrity()
     execution = await execute_async(submission.notebook, options.limits)
     result = evaluate(execution, rubric)
+    _flag_literals(result, submission, rubric)
     if options.integrity:
         secret_seed = options.secret_seed or secrets.randbelow(2**31 - 2) + 2
         second = await execute_async(submission.notebook, options.limits, seed_override=secret_seed)
         check = _integrity_check(result, second, rubric, secret_seed)
         result.checks = [check if c.id == check.id else c for c in result.checks]
         result.integrity = "passed" if check.passed else "flagged"
-        if not check.passed:
+        if check.passed and result.mistake == "hard_coded":
+            result.mistake = ""  # the re-run shows the numbers are computed after all
+        elif not check.passed:
             result.mistake = result.mistake or "hard_coded"
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name

@@ -1,0 +1,99 @@
+"""Every sample in submissions/ (but the hostile corpus, graded in its own test) gets the
+verdict its manifest states, through the real pipeline: real kernels, real notebooks."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from grader.models import GradeResult
+from grader.pipeline import GradeOptions, grade_async
+from grader.run import RunLimits
+
+ROOT = Path(__file__).resolve().parent.parent / "submissions"
+MANIFEST = tomllib.loads((ROOT / "MANIFEST.toml").read_text())["sample"]
+SAMPLES = [s for s in MANIFEST if not s["path"].startswith("hostile/")]
+OPTIONS = GradeOptions(limits=RunLimits(cell_timeout=20, total_timeout=120))
+
+
+async def _grade_all() -> dict[str, GradeResult]:
+    slots = asyncio.Semaphore(2)
+
+    async def one(sample: dict) -> tuple[str, GradeResult]:
+        async with slots:
+            return sample["path"], await grade_async(ROOT / sample["path"], None, OPTIONS)
+
+    return dict(await asyncio.gather(*(one(s) for s in SAMPLES)))
+
+
+@pytest.fixture(scope="session")
+def graded() -> dict[str, GradeResult]:
+    return asyncio.run(_grade_all())
+
+
+def _ids(sample: dict) -> str:
+    return sample["path"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sample", SAMPLES, ids=_ids)
+def test_sample_gets_its_manifest_verdict(graded, sample):
+    result = graded[sample["path"]]
+    checks = {check.id: check for check in result.checks}
+    summary = "; ".join(
+        f"{c.id}={'pass' if c.passed else 'fail'}: {c.message}" for c in result.checks
+    )
+    assert result.status == sample["status"], summary
+    for check_id, verdict in sample.get("checks", {}).items():
+        assert check_id in checks, check_id
+        assert checks[check_id].passed == (verdict == "pass"), f"{check_id}: {summary}"
+    assert result.score == pytest.approx(sample["score"]), summary
+    if sample.get("answer_name"):
+        assert result.answer_name == sample["answer_name"]
+    if sample.get("diagnosis"):
+        assert checks["loss20.values"].diagnosis == sample["diagnosis"], summary
+    for check in result.checks:
+        assert check.message.strip(), check.id  # every check explains itself
+        assert 0 <= check.points <= check.max_points
+
+
+@pytest.mark.slow
+def test_correct_samples_score_full_marks_and_explain_nothing_wrong(graded):
+    correct = [path for path in graded if path.startswith("correct/")]
+    assert len(correct) >= 5
+    for path in correct:
+        result = graded[path]
+        assert result.score == result.max_score == 10, path
+        assert result.diagnosis.startswith("Everything matches"), path
+        assert result.reference_curves and result.learner_curves
+
+
+@pytest.mark.slow
+def test_lab_plot_cell_pasted_unchanged_still_gets_the_plot_checks(graded):
+    """plt.plot(LOSS_BGD) with tensors that require grad crashes on current torch: not the
+    learner's fault. The probe detaches them and says so."""
+    result = graded["correct/lab_plot_cell_unchanged.ipynb"]
+    assert all(c.passed for c in result.checks if c.id.startswith("plot."))
+    assert result.execution is not None
+    assert any("detach" in note for note in result.execution.notes)
+
+
+@pytest.mark.slow
+def test_mistakes_are_named_in_the_headline(graded):
+    for sample in SAMPLES:
+        if sample.get("diagnosis") and sample["path"].startswith("mistakes/"):
+            result = graded[sample["path"]]
+            assert result.mistake == sample["diagnosis"], sample["path"]
+            assert "epoch" in result.diagnosis or "data" in result.diagnosis.lower()
+
+
+@pytest.mark.slow
+def test_not_json_is_rejected_with_a_reason(graded):
+    rejected = [r for r in graded.values() if r.status == "rejected"]
+    assert rejected
+    for result in rejected:
+        assert result.score == 0 and result.error
+        assert all(not c.passed for c in result.checks)
