@@ -1,0 +1,277 @@
+"""The probe: code that runs INSIDE the learner's kernel (never imported by the harness).
+
+`grader.probe` sends this file's source to the kernel in a silent execute before the first
+learner cell and calls `install(...)`. It keeps nothing in the learner's namespace; its only
+handle is the module object `sys.modules["_mbgd_probe"]`.
+
+What it does:
+- forces the non-interactive Agg backend and makes `%matplotlib` / `%pylab` no-ops, so no
+  figure is ever rasterized;
+- records every open figure as data (axes -> lines, legend, title, labels, yscale) at
+  `plt.show()` and after each cell, then closes it;
+- detaches tensors handed to matplotlib (the lab's `plt.plot(LOSS_BGD)` crashes on current
+  torch otherwise) and says so in a note;
+- after each cell, publishes the candidate answer variables (numeric lists, tuples, arrays,
+  tensors) whose fingerprint changed, so the harness knows which cell last changed each one;
+- with a seed override, makes `torch.manual_seed(any)` seed with the override instead.
+
+Records leave the kernel as display_data messages with a per-run MIME type, JSON text inside
+(NaN and infinities as JSON tokens). The harness treats them as untrusted: it size-caps,
+parses as JSON only and validates into pydantic models.
+
+Limits (documented, not solved): learner code runs in the same interpreter and can find and
+patch this module, the captured functions, IPython or the kernel's session, and so can forge
+or suppress records. The probe captures what it needs at install time so casual monkeypatching
+(json, builtins, plt.show, matplotlib internals) does not break or fool it; forged answers are
+what the integrity re-run with a secret seed is for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from typing import Any
+
+MAX_VALUES = 10_000  # values kept per variable or plotted line
+MAX_SCAN = 100_000  # elements of a Python list we are willing to look at
+MAX_CANDIDATES = 200  # variables reported per cell
+MAX_LINES = 50  # lines per axes
+MAX_AXES = 20  # axes per figure
+MAX_FIGURES = 500  # figures per run
+HIDDEN = {"In", "Out", "exit", "quit", "get_ipython"}
+PLOT_METHODS = (
+    "plot",
+    "scatter",
+    "semilogy",
+    "semilogx",
+    "loglog",
+    "step",
+    "bar",
+    "errorbar",
+    "fill_between",
+    "hist",
+    "stem",
+)
+
+
+def install(mime: str, seed_override: int | None) -> None:
+    """Hook the running IPython shell. Called once, silently, before the first cell."""
+    ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821  (IPython builtin)
+    publish = ip.display_pub.publish
+    dumps = json.dumps
+    state: dict[str, Any] = {"fingerprints": {}, "figures": 0, "noted": set()}
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+
+    close_all = plt.close
+    get_fignums = plt.get_fignums
+    get_figure = plt.figure
+    axes_class = matplotlib.axes.Axes
+    np = sys.modules.get("numpy")
+
+    def send(kind: str, payload: dict[str, Any]) -> None:
+        payload["kind"] = kind
+        try:
+            text = dumps(payload, allow_nan=True)
+        except (TypeError, ValueError):
+            return
+        publish(data={mime: text}, metadata={})
+
+    def note(text: str) -> None:
+        if text not in state["noted"]:
+            state["noted"].add(text)
+            send("note", {"text": text})
+
+    # ---- numbers --------------------------------------------------------------------------
+    def tensor_type() -> Any:
+        torch = sys.modules.get("torch")
+        return getattr(torch, "Tensor", None) if torch is not None else None
+
+    def floats(obj: Any, depth: int = 0) -> tuple[list[float], int] | None:
+        """Flatten obj into at most MAX_VALUES floats plus its real element count, or None."""
+        tensor = tensor_type()
+        if tensor is not None and isinstance(obj, tensor):
+            t = obj.detach()
+            if t.is_complex():
+                return None
+            n = t.numel()
+            return [float(v) for v in t.reshape(-1)[:MAX_VALUES].double().cpu().tolist()], n
+        if np is not None and isinstance(obj, np.ndarray | np.generic):
+            arr = np.asarray(obj)
+            if arr.dtype.kind not in "biuf":
+                return None
+            return arr.reshape(-1)[:MAX_VALUES].astype(float).tolist(), int(arr.size)
+        if isinstance(obj, bool | int | float) and depth > 0:
+            return [float(obj)], 1
+        if isinstance(obj, list | tuple) and depth < 3:
+            if len(obj) > MAX_SCAN:
+                head = floats(list(obj[:MAX_VALUES]), depth)
+                return (head[0], len(obj)) if head else None
+            out: list[float] = []
+            total = 0
+            for item in obj:
+                got = floats(item, depth + 1)
+                if got is None:
+                    return None
+                total += got[1]
+                room = MAX_VALUES - len(out)
+                if room > 0:
+                    out.extend(got[0][:room])
+            return out, total
+        return None
+
+    def type_name(obj: Any) -> str:
+        return type(obj).__name__[:40]
+
+    def fingerprint(obj: Any, vals: list[float], n: int) -> str:
+        return dumps([type_name(obj), n, vals], allow_nan=True)
+
+    # ---- variables ------------------------------------------------------------------------
+    def scan_variables() -> None:
+        seen: set[str] = set()
+        changed: dict[str, Any] = {}
+        fps = state["fingerprints"]
+        for name, obj in list(ip.user_ns.items()):
+            if name.startswith("_") or name in HIDDEN or len(seen) >= MAX_CANDIDATES:
+                continue
+            try:
+                got = floats(obj)
+            except Exception:
+                got = None
+            if got is None:
+                continue
+            seen.add(name)
+            vals, n = got
+            fp = fingerprint(obj, vals, n)
+            if fps.get(name) != fp:
+                fps[name] = fp
+                changed[name] = {"type_name": type_name(obj), "values": vals, "length": n}
+        deleted = [name for name in fps if name not in seen]
+        for name in deleted:
+            del fps[name]
+        if changed or deleted:
+            send("variables", {"set": changed, "deleted": deleted})
+
+    # ---- figures --------------------------------------------------------------------------
+    def text(value: Any) -> str:
+        return str(value)[:500]
+
+    def record_axes(ax: Any) -> dict[str, Any]:
+        lines = []
+        for line in list(ax.get_lines())[:MAX_LINES]:
+            label = text(line.get_label())
+            xy = [floats(list(line.get_xdata()), 1), floats(list(line.get_ydata()), 1)]
+            lines.append(
+                {
+                    "label": "" if label.startswith("_") else label,
+                    "x": xy[0][0] if xy[0] else [],
+                    "y": xy[1][0] if xy[1] else [],
+                }
+            )
+        legend = ax.get_legend()
+        return {
+            "title": text(ax.get_title() or ax.get_title("left") or ax.get_title("right")),
+            "xlabel": text(ax.get_xlabel()),
+            "ylabel": text(ax.get_ylabel()),
+            "yscale": text(ax.get_yscale()),
+            "legend": [text(t.get_text()) for t in legend.get_texts()] if legend else [],
+            "lines": lines,
+        }
+
+    def record_figures() -> None:
+        for num in list(get_fignums()):
+            fig = get_figure(num)
+            if state["figures"] < MAX_FIGURES:
+                state["figures"] += 1
+                try:
+                    axes = [record_axes(ax) for ax in fig.get_axes()[:MAX_AXES]]
+                except Exception as exc:  # a figure we cannot read is reported, not fatal
+                    note(f"a figure could not be read: {type(exc).__name__}")
+                    axes = []
+                send("figure", {"axes": axes})
+            elif state["figures"] == MAX_FIGURES:
+                state["figures"] += 1
+                note(f"more than {MAX_FIGURES} figures: the rest were not recorded")
+        close_all("all")
+
+    def show(*args: Any, **kwargs: Any) -> None:
+        record_figures()
+
+    # ---- tensors handed to matplotlib -----------------------------------------------------
+    def detach(value: Any) -> tuple[Any, bool]:
+        tensor = tensor_type()
+        if tensor is None:
+            return value, False
+        if isinstance(value, tensor) and value.requires_grad:
+            return value.detach(), True
+        if isinstance(value, list | tuple) and any(
+            isinstance(v, tensor) and v.requires_grad for v in value[:MAX_SCAN]
+        ):
+            return [v.detach() if isinstance(v, tensor) else v for v in value], True
+        return value, False
+
+    def wrap(method: Any) -> Any:
+        def plotting(self: Any, *args: Any, **kwargs: Any) -> Any:
+            fixed = False
+            new_args = []
+            for arg in args:
+                arg, did = detach(arg)
+                fixed = fixed or did
+                new_args.append(arg)
+            for key, val in list(kwargs.items()):
+                kwargs[key], did = detach(val)
+                fixed = fixed or did
+            if fixed:
+                note(
+                    "tensors that require grad were detached before plotting "
+                    "(matplotlib cannot plot them on current torch; not the learner's fault)"
+                )
+            return method(self, *new_args, **kwargs)
+
+        plotting.__wrapped__ = method  # type: ignore[attr-defined]
+        plotting.__name__ = getattr(method, "__name__", "plot")
+        return plotting
+
+    for name in PLOT_METHODS:
+        if hasattr(axes_class, name):
+            setattr(axes_class, name, wrap(getattr(axes_class, name)))
+    plt.show = show
+
+    def no_magic(line: str = "", cell: str | None = None) -> None:
+        return None
+
+    for magic in ("matplotlib", "pylab"):
+        ip.register_magic_function(no_magic, "line", magic)
+
+    # ---- seed override --------------------------------------------------------------------
+    if seed_override is not None:
+        import torch
+
+        original = torch.manual_seed
+
+        def manual_seed(seed: Any) -> Any:
+            return original(seed_override)
+
+        torch.manual_seed = manual_seed
+        torch.random.manual_seed = manual_seed
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def after_cell(result: Any = None) -> None:
+        try:
+            record_figures()
+        except Exception as exc:
+            note(f"figures could not be recorded: {type(exc).__name__}")
+        try:
+            scan_variables()
+        except Exception as exc:
+            note(f"variables could not be read: {type(exc).__name__}")
+
+    ip.events.register("post_run_cell", after_cell)
+    module = types.ModuleType("_mbgd_probe")
+    module.flush = after_cell  # type: ignore[attr-defined]
+    sys.modules["_mbgd_probe"] = module

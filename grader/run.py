@@ -1,0 +1,308 @@
+"""Execute one notebook in a fresh sandboxed kernel and report what happened as an Execution.
+
+nbclient runs the learner's cells one at a time in a kernel from `grader.sandbox` (or from a
+warm `grader.pool.KernelPool`), with the in-kernel probe (`grader.probe`) installed silently
+first so cell indices stay the learner's. Budgets are enforced here, not by nbclient: each
+cell races its timeout and the kernel process's exit, so a hung cell becomes "timeout" and a
+dead kernel "died" (or "oom"), always against the cell that caused it; later cells are then
+"not_run". Errors do not stop the run. Teardown is a SIGKILL of the kernel's process tree and
+uid, never a graceful shutdown.
+
+`execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
+`require_sandbox` is set and bwrap is missing) and genuine harness bugs escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import re
+from queue import Empty
+from time import monotonic
+from typing import Any, Protocol
+
+import nbformat
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
+
+from grader.models import CellRun, Execution
+from grader.probe import FLUSH_CODE, ProbeReader, install_code, new_mime
+from grader.sandbox import RunLimits, SandboxedKernel, SandboxUnavailable
+
+__all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
+
+KERNEL_START_TIMEOUT = 60.0
+PROBE_TIMEOUT = 60.0
+FLUSH_TIMEOUT = 15.0
+MAX_MESSAGE_BYTES = 64 << 20  # zmq drops a peer that sends a bigger message
+TRACEBACK_LINES = 30
+TRACEBACK_CHARS = 4000
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+class Kernel(Protocol):
+    """What run needs from a kernel: `SandboxedKernel` or a pool's forked kernel."""
+
+    sandbox: str
+    connection: dict[str, object]
+    killed_by_us: bool
+
+    def alive(self) -> bool: ...
+    async def wait_exit(self) -> None: ...
+    def looks_out_of_memory(self) -> bool: ...
+    def log_tail(self, limit: int = 4000) -> str: ...
+    def cleanup(self) -> None: ...
+
+
+class KernelSource(Protocol):
+    """Something that hands out started kernels (the warm pool)."""
+
+    async def acquire(self, limits: RunLimits) -> Kernel: ...
+
+
+class _KernelClient(AsyncKernelClient):
+    """A client whose liveness is the kernel process's, not the (slow) heartbeat's."""
+
+    def bind(self, kernel: Kernel) -> None:
+        self._mbgd_kernel = kernel
+
+    async def _async_is_alive(self) -> bool:
+        return self._mbgd_kernel.alive()
+
+    is_alive = _async_is_alive
+
+
+class _Client(NotebookClient):
+    """nbclient that routes probe records to the reader and keeps no other output."""
+
+    def __init__(self, nb: nbformat.NotebookNode, reader: ProbeReader, **kw: Any) -> None:
+        super().__init__(nb, **kw)
+        self.reader = reader
+        self.last_reply: dict[str, Any] | None = None
+        self.on_cell_executed = self._remember_reply
+
+    def _remember_reply(self, **kw: Any) -> None:
+        self.last_reply = kw.get("execute_reply")
+
+    def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> None:
+        if self.reader.wants(msg):
+            self.reader.feed(msg, cell_index)
+        return None  # outputs are not part of an Execution; keeping them costs memory
+
+
+def shorten_traceback(lines: list[str]) -> str:
+    """Plain text, no ANSI, at most a few frames' worth of lines and characters."""
+    text = _ANSI.sub("", "\n".join(str(line) for line in lines))
+    rows = text.splitlines()
+    if len(rows) > TRACEBACK_LINES:
+        rows = [*rows[:2], "    ...", *rows[-(TRACEBACK_LINES - 3) :]]
+    text = "\n".join(rows)
+    return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
+
+
+async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
+    context = zmq.asyncio.Context()
+    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    kc = _KernelClient(context=context)
+    kc.bind(kernel)
+    kc.load_connection_info(kernel.connection)
+    kc.allow_stdin = False
+    kc.start_channels()
+    await asyncio.wait_for(kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT), KERNEL_START_TIMEOUT)
+    return kc, context
+
+
+async def _silent(
+    kc: _KernelClient,
+    kernel: Kernel,
+    code: str,
+    timeout: float,
+    reader: ProbeReader | None,
+    cell: int,
+) -> dict[str, Any]:
+    """Run code silently (no history, no hooks), feed its records to reader, return the reply.
+
+    Raises TimeoutError when the reply and idle status do not both arrive in time or the
+    kernel dies meanwhile.
+    """
+    msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+    deadline = monotonic() + timeout
+    reply: dict[str, Any] | None = None
+    idle = False
+    while reply is None or not idle:
+        if monotonic() > deadline or not kernel.alive():
+            raise TimeoutError("no reply from the kernel")
+        if reply is None:
+            with contextlib.suppress(Empty):
+                msg = await kc.get_shell_msg(timeout=0.02)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    reply = msg
+        while not idle:
+            try:
+                msg = await kc.get_iopub_msg(timeout=0.02)
+            except Empty:
+                break
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if reader is not None and reader.wants(msg):
+                reader.feed(msg, cell)
+            state = msg["content"].get("execution_state")
+            idle = msg["msg_type"] == "status" and state == "idle"
+    return reply
+
+
+async def _run_cell(
+    client: _Client, kernel: Kernel, cell: nbformat.NotebookNode, index: int, budget: float
+) -> CellRun:
+    started = monotonic()
+    client.last_reply = None
+    task = asyncio.ensure_future(client.async_execute_cell(cell, index))
+    exited = asyncio.ensure_future(kernel.wait_exit())
+    done, _ = await asyncio.wait(
+        {task, exited}, timeout=max(budget, 0.0), return_when=asyncio.FIRST_COMPLETED
+    )
+    seconds = round(monotonic() - started, 4)
+    for pending in (task, exited):
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+    if task in done and task.exception() is None and kernel.alive():
+        content = (client.last_reply or {}).get("content", {})
+        if content.get("status", "ok") == "ok":
+            return CellRun(index=index, status="ok", seconds=seconds)
+        return CellRun(
+            index=index,
+            status="error",
+            seconds=seconds,
+            error_name=str(content.get("ename", "Error"))[:200],
+            error_value=str(content.get("evalue", ""))[:2000],
+            traceback=shorten_traceback(list(content.get("traceback", []))),
+        )
+    if task in done and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, DeadKernelError) and kernel.alive():
+            raise exc  # a harness bug, not something the notebook did
+    if not done:
+        return CellRun(index=index, status="timeout", seconds=seconds)
+    return CellRun(index=index, status="died", seconds=seconds)
+
+
+async def _run_cells(
+    client: _Client, kernel: Kernel, nb: nbformat.NotebookNode, limits: RunLimits, ex: Execution
+) -> int | None:
+    """Run every code cell; fill ex.cells, ex.fate, ex.fate_cell. Returns last cell run."""
+    deadline = monotonic() + limits.total_timeout
+    last = None
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code" or not str(cell.get("source", "")).strip():
+            continue
+        if ex.fate != "ok":
+            ex.cells.append(CellRun(index=index, status="not_run"))
+            continue
+        budget = min(limits.cell_timeout, deadline - monotonic())
+        run = await _run_cell(client, kernel, cell, index, budget)
+        ex.cells.append(run)
+        last = index
+        if run.status == "timeout":
+            ex.fate, ex.fate_cell = "timeout", index
+            which = "cell" if budget >= limits.cell_timeout else "notebook"
+            seconds = limits.cell_timeout if which == "cell" else limits.total_timeout
+            ex.notes.append(f"cell {index} exceeded the {which} time limit ({seconds:g} s)")
+        elif run.status == "died":
+            ex.fate = "oom" if kernel.looks_out_of_memory() else "died"
+            ex.fate_cell = index
+            what = "ran out of memory" if ex.fate == "oom" else "died"
+            ex.notes.append(f"the kernel {what} while running cell {index}")
+    return last
+
+
+async def execute_async(
+    nb: nbformat.NotebookNode,
+    limits: RunLimits | None = None,
+    *,
+    seed_override: int | None = None,
+    pool: KernelSource | None = None,
+) -> Execution:
+    """Run the notebook's code cells in a fresh kernel; never raises for learner behaviour."""
+    limits = limits or RunLimits()
+    nb = nbformat.from_dict(copy.deepcopy(dict(nb)))
+    started = monotonic()
+    phases: dict[str, float] = {}
+    reader = ProbeReader(new_mime())
+    kernel: Kernel = await pool.acquire(limits) if pool is not None else SandboxedKernel(limits)
+    ex = Execution(fate="not_started", sandbox=kernel.sandbox)
+    kc: _KernelClient | None = None
+    context: zmq.asyncio.Context | None = None
+    mark = monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = monotonic()
+        phases[name] = round(now - mark, 4)
+        mark = now
+
+    try:
+        if isinstance(kernel, SandboxedKernel):
+            kernel.start()
+        try:
+            kc, context = await _connect(kernel)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = kernel.log_tail(800).strip()
+            ex.notes.append(f"the kernel did not start: {exc}" + (f"\n{tail}" if tail else ""))
+            ex.cells = [
+                CellRun(index=i, status="not_run")
+                for i, c in enumerate(nb.cells)
+                if c.get("cell_type") == "code" and str(c.get("source", "")).strip()
+            ]
+            return ex
+        phase("kernel_start")
+        ex.fate = "ok"
+        seed = None if seed_override is None else int(seed_override)
+        code = install_code(reader.mime, seed)
+        try:
+            reply = await _silent(kc, kernel, code, PROBE_TIMEOUT, reader, 0)
+        except TimeoutError:
+            reply = {"content": {"status": "error", "ename": "Timeout", "evalue": ""}}
+        if reply["content"].get("status") != "ok":
+            ex.notes.append(
+                "probe could not be installed: "
+                f"{reply['content'].get('ename', '')} {reply['content'].get('evalue', '')}"
+            )
+        phase("probe")
+        client = _Client(nb, reader, km=None, allow_errors=True, timeout=None)
+        client.kc = kc
+        last = await _run_cells(client, kernel, nb, limits, ex)
+        phase("cells")
+        if ex.fate == "ok" and last is not None and kernel.alive():
+            try:
+                await _silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
+            except TimeoutError:
+                ex.notes.append("the final read of variables timed out")
+        ex.figures, ex.variables = reader.figures, reader.variables
+        ex.notes = reader.notes + ex.notes + reader.finish()
+        phase("extraction")
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        kernel.cleanup()
+        if context is not None:
+            context.destroy(linger=0)
+        phase("teardown")
+        ex.phases = phases
+        ex.seconds = round(monotonic() - started, 4)
+    return ex
+
+
+def execute(
+    nb: nbformat.NotebookNode,
+    limits: RunLimits | None = None,
+    *,
+    seed_override: int | None = None,
+) -> Execution:
+    """Synchronous wrapper around `execute_async` (runs its own event loop)."""
+    return asyncio.run(execute_async(nb, limits, seed_override=seed_override))

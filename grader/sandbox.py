@@ -1,0 +1,405 @@
+"""How a learner's kernel is launched and limited, and how it is torn down.
+
+One `SandboxedKernel` per submission: a fresh work dir (`/tmp/mbgd-XXXXXX`, short enough for
+zmq ipc socket paths), a connection file using the ipc transport inside it, and the kernel
+process started under bubblewrap when `bwrap` is available:
+
+- new network, pid, ipc, uts (and cgroup) namespaces: no network at all, no view of other
+  processes; `--die-with-parent` and `--new-session`;
+- read-only `/usr`, Python prefix and venv; private tmpfs `/tmp`; the work dir is the only
+  writable place and the only project path visible (the project sources are not bound);
+- as root: a per-kernel unprivileged uid/gid leased from `UID_BASE..` (so one learner's
+  RLIMIT_NPROC cannot starve a concurrent kernel), via `setpriv` with an empty bounding set
+  and no_new_privs. Not root: an unprivileged user namespace instead;
+- rlimits set by the launcher just before ipykernel starts: address space, processes, file
+  size, CPU seconds, no core dumps;
+- environment rebuilt from a small allowlist (never MBGD_* or anything else of ours).
+
+Without bwrap the kernel runs with the same scrubbed environment and rlimits only (no
+RLIMIT_NPROC, which would count the harness's own processes), and `describe()` says so;
+`RunLimits.require_sandbox` turns that into `SandboxUnavailable`.
+
+Teardown does not ask the kernel to shut down: it SIGKILLs the process tree and every process
+of the leased uid, then deletes the work dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+UID_BASE = 200_000
+UID_SLOTS = 50_000
+LOCK_DIR = Path(tempfile.gettempdir()) / "mbgd-uid-locks"
+SANDBOXED = "bubblewrap"
+
+
+class RunLimits(BaseModel):
+    """Budgets for one notebook run; JSON-serialisable so it can travel to Celery workers."""
+
+    cell_timeout: float = 60.0  # seconds per cell
+    total_timeout: float = 240.0  # seconds for the whole notebook
+    memory_mb: int = 2048  # RLIMIT_AS for the kernel
+    max_processes: int = 256
+    max_file_mb: int = 64
+    cpu_seconds: int = 300
+    require_sandbox: bool = False  # no bwrap -> SandboxUnavailable instead of running
+
+
+class SandboxUnavailable(RuntimeError):
+    """bwrap is required (RunLimits.require_sandbox) but cannot be used on this machine."""
+
+
+def find_bwrap() -> str | None:
+    """Path of a usable bwrap, or None. Tests monkeypatch this to exercise the fallback."""
+    return shutil.which("bwrap")
+
+
+def describe(bwrap: str | None) -> str:
+    """The Execution.sandbox text for a launch with or without bwrap."""
+    return SANDBOXED if bwrap else "rlimits-only (bwrap not found)"
+
+
+def rlimits(limits: RunLimits, *, with_nproc: bool) -> list[tuple[str, int]]:
+    """(resource name, value) pairs the launcher sets as both soft and hard limit."""
+    pairs = [
+        ("RLIMIT_AS", limits.memory_mb << 20),
+        ("RLIMIT_FSIZE", limits.max_file_mb << 20),
+        ("RLIMIT_CPU", int(limits.cpu_seconds)),
+        ("RLIMIT_CORE", 0),
+    ]
+    if with_nproc:
+        pairs.append(("RLIMIT_NPROC", int(limits.max_processes)))
+    return pairs
+
+
+# Runs as the kernel's first Python code: set rlimits, then become ipykernel.
+LAUNCHER = (
+    "import json, resource, sys\n"
+    "for name, value in json.loads(sys.argv[1]):\n"
+    "    resource.setrlimit(getattr(resource, name), (value, value))\n"
+    "sys.argv = ['ipykernel'] + sys.argv[2:]\n"
+    "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+    "from ipykernel.kernelapp import launch_new_instance\n"
+    "launch_new_instance()\n"
+)
+
+KERNEL_ARGS = [
+    "--HistoryManager.enabled=False",
+    "--InteractiveShell.xmode=Plain",
+    "--InteractiveShell.colors=nocolor",
+    "--IPKernelApp.quiet=True",
+]
+
+
+def kernel_env(workdir: Path) -> dict[str, str]:
+    """The kernel's whole environment: an allowlist, nothing inherited from the harness."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(workdir),
+        "USER": "learner",
+        "LOGNAME": "learner",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": str(workdir / ".mpl"),
+        "IPYTHONDIR": str(workdir / ".ipython"),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+
+
+def connection_info(workdir: Path) -> dict[str, object]:
+    """ipc-transport connection info: socket files `<workdir>/k-1..5`, a fresh HMAC key."""
+    return {
+        "transport": "ipc",
+        "ip": str(workdir / "k"),
+        "shell_port": 1,
+        "iopub_port": 2,
+        "stdin_port": 3,
+        "control_port": 4,
+        "hb_port": 5,
+        "key": secrets.token_hex(32),
+        "signature_scheme": "hmac-sha256",
+        "kernel_name": "",
+    }
+
+
+class UidLease:
+    """An unprivileged uid used by exactly one live kernel on this machine (flock-guarded)."""
+
+    def __init__(self) -> None:
+        LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        start = secrets.randbelow(UID_SLOTS)
+        for step in range(UID_SLOTS):
+            uid = UID_BASE + (start + step) % UID_SLOTS
+            fd = os.open(LOCK_DIR / str(uid), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            if not _uid_has_processes(uid):
+                self.uid, self._fd = uid, fd
+                return
+            os.close(fd)
+        raise RuntimeError("no free sandbox uid")
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _uid_has_processes(uid: int) -> bool:
+    return bool(processes_of_uid(uid))
+
+
+def processes_of_uid(uid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info.get("uids")
+        if uids is not None and uid in (uids.real, uids.effective):
+            found.append(proc)
+    return found
+
+
+def ro_binds() -> list[str]:
+    """Host paths the kernel needs read-only (besides /usr): Python, the venv, a few /etc bits."""
+    paths = {sys.base_prefix, sys.prefix, os.path.realpath(sys.base_prefix)}
+    paths |= {p for p in ("/etc/ld.so.cache", "/etc/fonts", "/etc/localtime") if os.path.exists(p)}
+    return sorted(p for p in paths if not p.startswith("/usr/") and p != "/usr")
+
+
+def bwrap_argv(bwrap: str, workdir: Path, uid: int | None, env: dict[str, str]) -> list[str]:
+    """bubblewrap options up to (not including) the command it runs."""
+    argv = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "mbgd"]
+    if uid is None:
+        argv += ["--unshare-user"]
+    else:
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    argv += ["--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+    for name in ("lib", "lib64", "bin", "sbin"):
+        if os.path.islink(f"/{name}"):
+            argv += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        elif os.path.isdir(f"/{name}"):
+            argv += ["--ro-bind", f"/{name}", f"/{name}"]
+    argv += ["--perms", "1777", "--tmpfs", "/tmp"]
+    made = {"/", "/tmp", "/usr", "/proc", "/dev"}
+    for path in [*ro_binds(), str(workdir)]:
+        parents = list(Path(path).parents)[::-1][1:]  # bwrap would create these 0700
+        for parent in map(str, parents):
+            if parent not in made:
+                made.add(parent)
+                argv += ["--perms", "0755", "--dir", parent]
+        bind = "--bind" if path == str(workdir) else "--ro-bind"
+        argv += [bind, path, path]
+        made.add(path)
+    argv += ["--clearenv", "--chdir", str(workdir)]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    if uid is not None:
+        argv += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}"]
+        argv += ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    return argv
+
+
+_mpl_lock = threading.Lock()
+
+
+def mpl_cache() -> Path | None:
+    """A matplotlib font cache built once per machine, copied into each work dir.
+
+    Without it every fresh kernel rebuilds the font list (~1 s) on its first pyplot import.
+    """
+    with _mpl_lock:
+        try:
+            import matplotlib
+
+            target = Path(tempfile.gettempdir()) / f"mbgd-mplcache-{matplotlib.__version__}"
+            if not any(target.glob("fontlist-*.json")):
+                tmp = Path(tempfile.mkdtemp(prefix="mbgd-mplbuild-"))
+                subprocess.run(
+                    [sys.executable, "-c", "import matplotlib.font_manager"],
+                    env={**kernel_env(tmp), "MPLCONFIGDIR": str(tmp)},
+                    timeout=120,
+                    check=True,
+                    capture_output=True,
+                )
+                with contextlib.suppress(OSError):
+                    os.replace(tmp, target)
+                shutil.rmtree(tmp, ignore_errors=True)
+            return target if any(target.glob("fontlist-*.json")) else None
+        except (OSError, subprocess.SubprocessError, ImportError):
+            return None
+
+
+class SandboxedKernel:
+    """One kernel process for one submission, in its own work dir; used once, then killed."""
+
+    def __init__(self, limits: RunLimits) -> None:
+        self.limits = limits
+        self.bwrap = find_bwrap()
+        if limits.require_sandbox and not self.bwrap:
+            raise SandboxUnavailable(
+                "bwrap (bubblewrap) is required but was not found on PATH; install the "
+                "'bubblewrap' package or run without --require-sandbox"
+            )
+        self.sandbox = describe(self.bwrap)
+        self.lease = UidLease() if self.bwrap and os.geteuid() == 0 else None
+        self.uid = self.lease.uid if self.lease else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="mbgd-", dir="/tmp"))
+        self.connection = connection_info(self.workdir)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.killed_by_us = False
+        self.peak_rss_mb = 0
+        self._kernel_proc: psutil.Process | None = None
+        self._log_fd = -1
+
+    def _prepare(self) -> list[str]:
+        work = self.workdir
+        mpl = work / ".mpl"
+        mpl.mkdir()
+        cache = mpl_cache()
+        if cache is not None:
+            for item in cache.glob("fontlist-*.json"):
+                shutil.copy(item, mpl / item.name)
+        conn = work / "kernel.json"
+        conn.write_text(json.dumps(self.connection))
+        conn.chmod(0o644)
+        if self.uid is not None:
+            for path in (work, mpl, *mpl.iterdir()):
+                os.chown(path, self.uid, self.uid)
+        work.chmod(0o700)
+        # stderr goes to a file we keep open: read back through our fd, never by path.
+        self._log_fd = os.open(work / ".kernel.log", os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        env = kernel_env(work)
+        limits = rlimits(self.limits, with_nproc=self.uid is not None)
+        inner = [sys.executable, "-c", LAUNCHER, json.dumps(limits), "-f", str(conn)]
+        inner += KERNEL_ARGS
+        if self.bwrap:
+            return [*bwrap_argv(self.bwrap, work, self.uid, env), *inner]
+        return inner
+
+    def start(self) -> None:
+        """Launch the kernel process (returns at once; readiness is the client's job)."""
+        argv = self._prepare()
+        env = None if self.bwrap else kernel_env(self.workdir)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fd,
+            stderr=self._log_fd,
+            env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            cwd=self.workdir,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def wait_exit(self) -> None:
+        """Resolve when the kernel process has exited; meanwhile sample its peak RSS."""
+        while self.alive():
+            self._sample_memory()
+            await asyncio.sleep(0.05)
+
+    def _sample_memory(self) -> None:
+        """Track the kernel's peak resident memory (VmHWM), to tell an OOM kill from a crash."""
+        if self._kernel_proc is None and self.proc is not None:
+            with contextlib.suppress(psutil.Error):
+                tree = [psutil.Process(self.proc.pid)]
+                tree += tree[0].children(recursive=True)
+                self._kernel_proc = tree[-1]
+        if self._kernel_proc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                status = Path(f"/proc/{self._kernel_proc.pid}/status").read_text()
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) >> 10)
+
+    def looks_out_of_memory(self) -> bool:
+        """After a death: was it a memory kill (SIGKILL from outside near the memory cap)?"""
+        tail = self.log_tail(2000)
+        if any(s in tail for s in ("bad_alloc", "Cannot allocate memory", "MemoryError")):
+            return True
+        near_cap = self.peak_rss_mb >= 0.8 * self.limits.memory_mb
+        return self.exit_signal() == signal.SIGKILL and not self.killed_by_us and near_cap
+
+    def exit_signal(self) -> int | None:
+        """The signal that ended the kernel, if it was killed by one."""
+        if self.proc is None or self.proc.returncode is None:
+            return None
+        code = self.proc.returncode
+        if code < 0:
+            return -code
+        if self.bwrap and code > 128:  # bwrap reports 128 + signal of its child
+            return code - 128
+        return None
+
+    def log_tail(self, limit: int = 4000) -> str:
+        """The last bytes the kernel wrote to stdout/stderr (read via our own fd)."""
+        if self._log_fd < 0:
+            return ""
+        try:
+            size = os.fstat(self._log_fd).st_size
+            os.lseek(self._log_fd, max(0, size - limit), os.SEEK_SET)
+            return os.read(self._log_fd, limit).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the kernel's whole tree and everything running as its uid. Idempotent.
+
+        Under bwrap the victim is the pid namespace's init (the outer bwrap's child): the
+        kernel then kills and reaps everything inside the namespace, the outer bwrap exits
+        and we reap it, so nothing is left as an orphan or zombie.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.killed_by_us = True
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(self.proc.pid)
+                inner = root.children() if self.bwrap else root.children(recursive=True)
+                for proc in inner:
+                    with contextlib.suppress(psutil.Error):
+                        proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=1)  # bwrap exits by itself once its child is gone
+            if self.proc.poll() is None:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+        if self.uid is not None:
+            for proc in processes_of_uid(self.uid):  # anything that escaped the tree
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        """Kill, delete the work dir, release the uid."""
+        self.kill()
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.lease is not None:
+            self.lease.release()
