@@ -50,6 +50,9 @@ score fields, and can also be polled at `status_url`.
 """
 
 
+BEARER = HTTPBearer(auto_error=False, description="The service's MBGD_API_TOKEN.")
+
+
 class PayloadError(Exception):
     """A malformed payload: answered 422 (or ``status``) naming the field at fault."""
 
@@ -176,10 +179,9 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    bearer = HTTPBearer(auto_error=False, description="MBGD_API_TOKEN")
 
     def require_token(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> None:
         challenge = {"WWW-Authenticate": "Bearer"}
         if settings.api_token is None:
