@@ -1,0 +1,257 @@
+"""grader.run against real sandboxed kernels: cells, figures, variables, budgets, teardown.
+
+Each notebook is executed once per session (fixtures) and many things are asserted on the
+result. Expected numbers come from `reference`, never typed in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+import grader.sandbox
+from grader.run import RunLimits, execute
+from reference import expected, make_data
+
+pytestmark = pytest.mark.slow
+BWRAP = grader.sandbox.find_bwrap() is not None
+
+SETUP = """\
+import numpy as np
+import matplotlib.pyplot as plt
+import torch
+torch.manual_seed(1)
+X = torch.arange(-3, 3, 0.1).view(-1, 1)
+f = 1 * X - 1
+Y = f + 0.1 * torch.randn(X.size())
+"""
+
+BGD = """\
+def forward(x):
+    return w * x + b
+
+def criterion(yhat, y):
+    return torch.mean((yhat - y) ** 2)
+
+w = torch.tensor(-15.0, requires_grad=True)
+b = torch.tensor(-10.0, requires_grad=True)
+lr = 0.1
+LOSS_BGD = []
+for epoch in range(10):
+    loss = criterion(forward(X), Y)
+    LOSS_BGD.append(loss)
+    loss.backward()
+    w.data = w.data - lr * w.grad.data
+    b.data = b.data - lr * b.grad.data
+    w.grad.data.zero_()
+    b.grad.data.zero_()
+"""
+
+PLOTS = """\
+plt.plot(LOSS_BGD, label="Batch Gradient Descent")
+plt.xlabel("epoch")
+plt.ylabel("cost")
+plt.title("losses")
+plt.yscale("log")
+plt.legend()
+plt.show()
+plt.subplot(121)
+plt.plot(X.numpy(), Y.numpy(), "rx", label="y")
+plt.subplot(122)
+plt.plot([1, 2, 3])
+"""
+
+
+def lab_like_notebook() -> nbformat.NotebookNode:
+    return new_notebook(
+        cells=[
+            new_markdown_cell("# A lab-like notebook"),  # 0
+            new_code_cell(SETUP),  # 1
+            new_code_cell(BGD),  # 2
+            new_markdown_cell("Plot it"),  # 3
+            new_code_cell(PLOTS),  # 4: plt.plot of tensors that require grad; 2 figures
+            new_code_cell("torch.ones(2) @ torch.ones(3)"),  # 5: error through torch
+            new_code_cell("%matplotlib inline\nSPECIAL = [1, float('nan'), float('inf')]"),  # 6
+            new_code_cell(""),  # 7: empty, not run
+            new_code_cell("BIG = np.arange(25_000)\nLOSS_BGD.append(LOSS_BGD[-1])\ndel f"),  # 8
+            new_code_cell("def g():\n    raise ValueError('deep')\ndef h():\n    g()\nh()"),  # 9
+            new_code_cell("plt.plot([0, 1], [1, 0])\nAFTER = (1, 2)"),  # 10
+        ]
+    )
+
+
+def hostile(source: str) -> nbformat.NotebookNode:
+    return new_notebook(
+        cells=[
+            new_code_cell("BEFORE = [1.0, 2.0]"),  # 0
+            new_markdown_cell("the bad cell is next"),  # 1
+            new_code_cell(source),  # 2
+            new_code_cell("AFTER = [3.0]"),  # 3
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def leased_uids() -> list[int]:
+    """Spy on the uid leases so tests can look for leftover processes of those uids."""
+    uids: list[int] = []
+    original = grader.sandbox.UidLease.__init__
+
+    def spy(self: grader.sandbox.UidLease) -> None:
+        original(self)
+        uids.append(self.uid)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grader.sandbox.UidLease, "__init__", spy)
+        yield uids
+
+
+@pytest.fixture(scope="session")
+def lab_run(leased_uids: list[int]):
+    return execute(lab_like_notebook(), RunLimits(cell_timeout=60, total_timeout=120))
+
+
+def test_cells_run_in_order_and_errors_do_not_stop_the_run(lab_run) -> None:
+    assert lab_run.fate == "ok" and lab_run.fate_cell is None
+    statuses = {c.index: c.status for c in lab_run.cells}
+    assert statuses == {
+        1: "ok",
+        2: "ok",
+        4: "ok",
+        5: "error",
+        6: "ok",
+        8: "ok",
+        9: "error",
+        10: "ok",
+    }
+    assert all(c.seconds >= 0 for c in lab_run.cells)
+
+
+def test_errors_are_short_plain_tracebacks(lab_run) -> None:
+    cells = {c.index: c for c in lab_run.cells}
+    torch_error, deep = cells[5], cells[9]
+    assert torch_error.error_name == "RuntimeError"
+    assert "\x1b[" not in torch_error.traceback and "\x1b[" not in deep.traceback
+    assert deep.error_name == "ValueError" and deep.error_value == "deep"
+    assert "deep" in deep.traceback and "h()" in deep.traceback
+    assert len(torch_error.traceback) <= 4000 and len(torch_error.traceback.splitlines()) <= 30
+
+
+def test_variables_are_data_with_their_cell(lab_run) -> None:
+    v = lab_run.variables
+    ref = expected()["LOSS_BGD"]
+    assert v["LOSS_BGD"].type_name == "list"
+    assert v["LOSS_BGD"].values == pytest.approx([*ref, ref[-1]], rel=1e-6)
+    assert v["LOSS_BGD"].length == 11 and v["LOSS_BGD"].cell == 8  # changed again in cell 8
+    data = make_data(1)
+    assert v["X"].values == pytest.approx(data.X.flatten().tolist())
+    assert v["Y"].values == pytest.approx(data.Y.flatten().tolist())
+    assert v["X"].cell == 1 and v["X"].length == 60 and v["X"].type_name == "Tensor"
+    assert "f" not in v  # deleted in cell 8
+    assert v["BIG"].length == 25_000 and len(v["BIG"].values) == 10_000
+    assert v["BIG"].values[:3] == [0.0, 1.0, 2.0]
+    special = v["SPECIAL"].values
+    assert special[0] == 1.0 and math.isnan(special[1]) and special[2] == math.inf
+    assert v["AFTER"].type_name == "tuple" and v["AFTER"].cell == 10
+    assert "lr" not in v and "In" not in v  # plain scalars and IPython's own are not answers
+
+
+def test_figures_are_recorded_as_data_per_cell(lab_run) -> None:
+    figs = lab_run.figures
+    assert [f.cell for f in figs] == [4, 4, 10]
+    loss_ax = figs[0].axes[0]
+    assert loss_ax.title == "losses" and loss_ax.xlabel == "epoch" and loss_ax.ylabel == "cost"
+    assert loss_ax.yscale == "log" and loss_ax.legend == ["Batch Gradient Descent"]
+    line = loss_ax.lines[0]
+    assert line.label == "Batch Gradient Descent"
+    assert line.y == pytest.approx(expected()["LOSS_BGD"], rel=1e-6)
+    assert line.x == [float(i) for i in range(10)]
+    left, right = figs[1].axes
+    assert left.lines[0].label == "y" and len(left.lines[0].x) == 60
+    assert right.lines[0].y == [1.0, 2.0, 3.0] and right.lines[0].label == ""
+    assert figs[2].axes[0].lines[0].y == [1.0, 0.0]
+    assert any("detached" in n and "cell 4" in n for n in lab_run.notes)
+
+
+def test_execution_reports_sandbox_and_phases(lab_run) -> None:
+    assert lab_run.sandbox == ("bubblewrap" if BWRAP else "rlimits-only (bwrap not found)")
+    for name in ("kernel_start", "probe", "cells", "extraction", "teardown"):
+        assert lab_run.phases[name] >= 0
+    assert lab_run.phases["teardown"] < 2.0  # no graceful shutdown
+    assert lab_run.seconds >= sum(lab_run.phases.values()) - 0.01
+
+
+def test_input_notebook_is_not_modified() -> None:
+    nb = new_notebook(cells=[new_code_cell("x = [1]")])
+    before = nbformat.writes(nb)
+    execute(nb, RunLimits(cell_timeout=30, total_timeout=60))
+    assert nbformat.writes(nb) == before
+
+
+# ---- seed override (integrity re-runs) ------------------------------------------------------
+
+SEEDED = [new_code_cell(SETUP), new_code_cell("HARD = [0.5, 0.25]")]
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_seed_override_reseeds_learner_code(seed: int | None) -> None:
+    ex = execute(new_notebook(cells=SEEDED), RunLimits(), seed_override=seed)
+    data = make_data(1 if seed is None else seed)
+    assert ex.variables["Y"].values == pytest.approx(data.Y.flatten().tolist())
+    if seed is not None:
+        assert ex.variables["Y"].values != pytest.approx(make_data(1).Y.flatten().tolist())
+    assert ex.variables["HARD"].values == [0.5, 0.25]
+
+
+# ---- hostile cells: budgets, deaths, teardown ----------------------------------------------
+
+HOSTILE = {
+    "infinite_loop": ("while True:\n    pass", "timeout", "timeout"),
+    "swallows_interrupt": (
+        "import time\nwhile True:\n    try:\n        time.sleep(5)\n    except KeyboardInterrupt:\n"
+        "        pass",
+        "timeout",
+        "timeout",
+    ),
+    "os_exit": ("import os\nos._exit(1)", "died", "died"),
+    "child_processes": (
+        "import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+        "while True:\n    pass",
+        "timeout",
+        "timeout",
+    ),
+}
+LIMITS = RunLimits(cell_timeout=2.0, total_timeout=20.0)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_cell_ends_in_budget_against_the_right_cell(name: str, leased_uids) -> None:
+    source, status, fate = HOSTILE[name]
+    started = time.monotonic()
+    ex = execute(hostile(source), LIMITS)
+    elapsed = time.monotonic() - started
+    assert ex.fate == fate and ex.fate_cell == 2
+    assert [(c.index, c.status) for c in ex.cells] == [(0, "ok"), (2, status), (3, "not_run")]
+    if status == "timeout":
+        assert LIMITS.cell_timeout <= ex.cells[1].seconds < LIMITS.cell_timeout + 1.0
+    assert elapsed < ex.phases["kernel_start"] + ex.phases["probe"] + LIMITS.cell_timeout + 3
+    assert ex.phases["teardown"] < 2.0
+    assert ex.variables["BEFORE"].values == [1.0, 2.0] and "AFTER" not in ex.variables
+    # nothing left behind: no child of ours, no process of any uid we leased
+    assert [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"] == []
+    if BWRAP and grader.sandbox.os.geteuid() == 0:
+        assert leased_uids, "as root, the bubblewrap path leases a uid per kernel"
+    assert [p for uid in leased_uids for p in grader.sandbox.processes_of_uid(uid)] == []
+
+
+def test_total_budget_stops_the_notebook() -> None:
+    cells = [new_code_cell("import time\ntime.sleep(1.5)") for _ in range(4)]
+    ex = execute(new_notebook(cells=cells), RunLimits(cell_timeout=10, total_timeout=2.5))
+    assert [c.status for c in ex.cells] == ["ok", "timeout", "not_run", "not_run"]
+    assert ex.fate == "timeout" and ex.fate_cell == 1
+    assert any("notebook time limit" in n for n in ex.notes)

@@ -1,0 +1,186 @@
+"""The sandbox holds: no network, no files outside the work dir, no harness secrets, limits.
+
+One notebook probes each wall from its own cell; it runs once per session in a real
+bubblewrap kernel and each test asserts on the status of the cell that tried.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+import grader.sandbox
+from grader.run import RunLimits, SandboxUnavailable, execute
+
+pytestmark = pytest.mark.slow
+needs_bwrap = pytest.mark.skipif(
+    grader.sandbox.find_bwrap() is None, reason="bwrap (bubblewrap) is not installed"
+)
+PROJECT = Path(__file__).resolve().parents[1]
+LIMITS = RunLimits(cell_timeout=20, total_timeout=60, memory_mb=1536, max_file_mb=8)
+
+
+class Listener:
+    """A TCP listener on the host's loopback that records every connection it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[object] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(addr)
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def probe_cells(port: int, secret_files: list[Path]) -> dict[str, str]:
+    """name -> source; every cell should fail (or assert) if a wall is missing."""
+    return {
+        "control": "import os\nassert os.environ['MPLBACKEND'] == 'Agg'\nOK = [1]",
+        "loopback": (
+            "import socket\n"
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n"
+            "REACHED = [1]"
+        ),
+        "interfaces": "import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo']",
+        **{
+            f"read_{i}": f"SECRET_{i} = list(open({str(path)!r}, 'rb').read())"
+            for i, path in enumerate(secret_files)
+        },
+        "env": (
+            "import os\n"
+            "leaks = [k for k in os.environ if k.startswith(('MBGD', 'JPY'))]\n"
+            "assert not leaks, leaks\n"
+            "assert os.environ['HOME'] == os.getcwd()"
+        ),
+        "uid": "import os\nassert os.getuid() != 0 and os.geteuid() != 0\nUID = [os.getuid()]",
+        "write_system": "open('/usr/mbgd-owned', 'w')",
+        "write_workdir": "open('mine.txt', 'w').write('x' * 100)\nWROTE = [1]",
+        "file_size": "open('big.bin', 'wb').write(b'0' * (9 << 20))",
+        "processes": (
+            "import os\nPIDS = [int(p) for p in os.listdir('/proc') if p.isdigit()]\n"
+            "assert len(PIDS) < 10, PIDS"
+        ),
+        "rlimits": (
+            "import resource\n"
+            "LIMITS = [resource.getrlimit(getattr(resource, n))[0] for n in "
+            "('RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_CPU', 'RLIMIT_NPROC')]"
+        ),
+        "memory": "import numpy as np\nHOG = np.ones(2 * 1024**3 // 8)",
+    }
+
+
+@pytest.fixture(scope="session")
+def walls():
+    """Run the probing notebook once: (Execution, {name: CellRun}, listener, secret files)."""
+    listener = Listener()
+    token = secrets.token_hex(8)
+    secret_files = [Path(f"/tmp/mbgd-secret-{token}"), PROJECT / f".secret-{token}"]
+    for path in secret_files:
+        path.write_text("top secret")
+    os.environ["MBGD_TEST_SECRET"] = token
+    try:
+        cells = probe_cells(listener.port, secret_files)
+        nb = new_notebook(cells=[new_code_cell(src) for src in cells.values()])
+        ex = execute(nb, LIMITS)
+    finally:
+        del os.environ["MBGD_TEST_SECRET"]
+        for path in secret_files:
+            path.unlink()
+        listener.close()
+    by_name = dict(zip(cells, ex.cells, strict=True))
+    return ex, by_name, listener, secret_files
+
+
+@needs_bwrap
+def test_notebook_ran_sandboxed(walls) -> None:
+    ex, cell, _, _ = walls
+    assert ex.sandbox == "bubblewrap" and ex.fate == "ok"
+    assert cell["control"].status == "ok" and ex.variables["OK"].values == [1.0]
+
+
+@needs_bwrap
+def test_no_network_not_even_host_loopback(walls) -> None:
+    ex, cell, listener, _ = walls
+    assert cell["loopback"].status == "error"
+    assert cell["loopback"].error_name in {"ConnectionRefusedError", "OSError", "TimeoutError"}
+    assert listener.accepted == [] and "REACHED" not in ex.variables
+    assert cell["interfaces"].status == "ok"
+
+
+@needs_bwrap
+def test_files_outside_the_work_dir_are_invisible(walls) -> None:
+    ex, cell, _, files = walls
+    for i in range(len(files)):
+        assert cell[f"read_{i}"].status == "error"
+        assert cell[f"read_{i}"].error_name == "FileNotFoundError"
+        assert f"SECRET_{i}" not in ex.variables
+    assert cell["write_system"].status == "error"
+    assert cell["write_system"].error_name in {"OSError", "PermissionError"}
+    assert cell["write_workdir"].status == "ok" and ex.variables["WROTE"].values == [1.0]
+
+
+@needs_bwrap
+def test_environment_is_scrubbed(walls) -> None:
+    _, cell, _, _ = walls
+    assert cell["env"].status == "ok", cell["env"].error_value
+
+
+@needs_bwrap
+def test_unprivileged_uid_and_own_pid_namespace(walls) -> None:
+    ex, cell, _, _ = walls
+    assert cell["uid"].status == "ok", cell["uid"].error_value
+    if os.geteuid() == 0:
+        uid = ex.variables["UID"].values[0]
+        assert grader.sandbox.UID_BASE <= uid < grader.sandbox.UID_BASE + grader.sandbox.UID_SLOTS
+    assert cell["processes"].status == "ok", cell["processes"].error_value
+
+
+@needs_bwrap
+def test_rlimits_are_in_force(walls) -> None:
+    ex, cell, _, _ = walls
+    as_, fsize, cpu, nproc = ex.variables["LIMITS"].values
+    assert as_ == LIMITS.memory_mb << 20 and fsize == LIMITS.max_file_mb << 20
+    assert cpu == LIMITS.cpu_seconds
+    if os.geteuid() == 0:
+        assert nproc == LIMITS.max_processes
+    assert cell["file_size"].status == "error"  # 9 MB > max_file_mb
+    assert cell["memory"].status == "error" and cell["memory"].error_name == "MemoryError"
+    assert "HOG" not in ex.variables
+
+
+def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
+    monkeypatch.setattr(grader.sandbox, "find_bwrap", lambda: None)
+    with pytest.raises(SandboxUnavailable, match="bwrap"):
+        execute(new_notebook(cells=[new_code_cell("x = [1]")]), RunLimits(require_sandbox=True))
+    monkeypatch.setenv("MBGD_TEST_SECRET", "x")
+    cells = [
+        "import os\nleaks = [k for k in os.environ if k.startswith('MBGD')]\nassert not leaks",
+        "import resource\nAS = [resource.getrlimit(resource.RLIMIT_AS)[0]]",
+    ]
+    ex = execute(new_notebook(cells=[new_code_cell(c) for c in cells]), LIMITS)
+    assert ex.sandbox.startswith("rlimits-only") and "bwrap not found" in ex.sandbox
+    assert [c.status for c in ex.cells] == ["ok", "ok"]
+    assert ex.variables["AS"].values == [float(LIMITS.memory_mb << 20)]
