@@ -9,12 +9,15 @@ traceback unless `-vv`), writes the feedback page, and ends with `mbgd-grader: 7
 from __future__ import annotations
 
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from grader.models import CheckResult, GradeResult
-from grader.rubric import CheckSpec, Rubric, RubricError, load_rubric
+if TYPE_CHECKING:  # the grader is imported only when --notebook is given
+    from grader.models import CheckResult, GradeResult
+    from grader.rubric import CheckSpec, Rubric
 
 PLUGIN_NAME = "mbgd-grader-session"
 
@@ -40,12 +43,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="write DIR/<notebook stem>/feedback.html (default: <stem>-feedback/ beside it)",
     )
+    group.addoption(
+        "--notebook-jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="grade up to N notebooks at once (default 1)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     paths = config.getoption("notebook")
     if not paths:
         return  # not asked: the plugin does nothing at all
+    from grader.rubric import RubricError, load_rubric
+
     notebooks = expand_notebooks(paths)
     rubric_path = config.getoption("rubric")
     try:
@@ -58,8 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
     else:  # no path on the command line: grade the notebooks, don't collect the test paths
         config.args = extra
     feedback_dir = config.getoption("feedback_dir")
+    jobs = config.getoption("notebook_jobs")
+    if jobs < 1:
+        raise pytest.UsageError("--notebook-jobs must be at least 1")
     grading = NotebookGrading(
-        notebooks, rubric, rubric_path, Path(feedback_dir) if feedback_dir else None
+        notebooks, rubric, rubric_path, Path(feedback_dir) if feedback_dir else None, jobs
     )
     config.pluginmanager.register(grading, PLUGIN_NAME)
 
@@ -97,13 +112,37 @@ class NotebookGrading:
     """Session state: which notebooks to grade, with what, and what came out."""
 
     def __init__(
-        self, notebooks: list[Path], rubric: Rubric, rubric_path: str | None, out: Path | None
+        self,
+        notebooks: list[Path],
+        rubric: Rubric,
+        rubric_path: str | None,
+        out: Path | None,
+        jobs: int = 1,
     ) -> None:
         self.notebooks = set(notebooks)
         self.rubric = rubric
         self.rubric_path = rubric_path
         self.out = out
+        self.jobs = jobs
         self.files: list[NotebookFile] = []
+        self.pool: ThreadPoolExecutor | None = None
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """With --notebook-jobs > 1, start grading every notebook that has a selected item."""
+        if self.jobs < 2:
+            return  # graded lazily, one by one, when their first item runs
+        wanted = list(dict.fromkeys(i.parent for i in session.items if isinstance(i, CheckItem)))
+        if len(wanted) < 2:
+            return
+        self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mbgd-grade")
+        for file in wanted:
+            file.future = self.pool.submit(file.grade_once)
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def feedback_dir(self, notebook: Path) -> Path:
         if self.out is not None:
@@ -135,6 +174,8 @@ class NotebookGrading:
         terminalreporter.section("mbgd-grader", sep="-")
         for file in graded:
             write(file.summary_line(), bold=True)
+            if _graded(file.outcome) and file.outcome.diagnosis:
+                write(f"  {file.outcome.diagnosis}")
             if file.feedback_page is not None:
                 write(f"  feedback page: {file.feedback_page}")
             elif file.feedback_error:
@@ -145,6 +186,12 @@ class NotebookGrading:
                 "that is expected on your own computer.",
                 yellow=True,
             )
+
+
+def _graded(outcome: object) -> bool:
+    from grader.models import GradeResult
+
+    return isinstance(outcome, GradeResult)
 
 
 def _boxed(sandbox: str) -> bool:
@@ -163,6 +210,7 @@ class NotebookFile(pytest.File):
     """One notebook: one item per rubric check, graded once, lazily, on the first item."""
 
     outcome: GradeResult | BaseException | None = None
+    future: Future | None = None
     feedback_page: Path | None = None
     feedback_error: str = ""
 
@@ -177,17 +225,17 @@ class NotebookFile(pytest.File):
 
     @property
     def sandbox(self) -> str:
-        return self.outcome.sandbox if isinstance(self.outcome, GradeResult) else ""
+        return self.outcome.sandbox if _graded(self.outcome) else ""
 
     def result(self) -> GradeResult:
         """Grade this notebook the first time any of its items runs; reuse it afterwards."""
         if self.outcome is None:
-            self.outcome = self._grade()
+            self.outcome = self.future.result() if self.future else self.grade_once()
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
 
-    def _grade(self) -> GradeResult | BaseException:
+    def grade_once(self) -> GradeResult | BaseException:
         try:
             from grader.pipeline import GradeOptions, grade  # heavy: only when grading
 
@@ -215,11 +263,11 @@ class NotebookFile(pytest.File):
 
     def summary_line(self) -> str:
         outcome = self.outcome
-        if isinstance(outcome, GradeResult):
+        if _graded(outcome):
             points = f"{_points(outcome.score)}/{_points(outcome.max_score)} points"
             extra = "" if outcome.status == "graded" else f" ({outcome.status})"
-            return f"mbgd-grader: {points} for {self.path.name}{extra}"
-        return f"mbgd-grader: not graded: {self.path.name}: the grader failed ({outcome})"
+            return f"mbgd-grader: {points} for {self.nodeid}{extra}"
+        return f"mbgd-grader: not graded: {self.nodeid}: the grader failed ({outcome})"
 
 
 class CheckItem(pytest.Item):
@@ -260,10 +308,15 @@ class CheckItem(pytest.Item):
         return f"Your notebook was not graded: {result.error or result.status}"
 
     def _learner_message(self, check: CheckResult) -> str:
-        head = f"{check.name} ({_points(check.points)}/{_points(check.max_points)} points)"
-        lines = [head, "", check.message]
+        """The check's own message first: it is what pytest's one-line summary shows."""
+        points = f"{_points(check.points)}/{_points(check.max_points)} points"
+        lines = [
+            check.message.strip() or "This check did not pass.",
+            "",
+            f"{check.name}: {points}.",
+        ]
         if self.notebook.feedback_page is not None:
-            lines += ["", f"Feedback page with your curves: {self.notebook.feedback_page}"]
+            lines.append(f"Feedback page: {self.notebook.feedback_page}")
         return "\n".join(lines)
 
     def _details(self) -> str:
@@ -299,4 +352,6 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.path.name}::{self.name}"
+        # The failure header; -v lines show the node id itself ('lab.ipynb::loss20.values')
+        # because a domain the node id does not end with is not rewritten into '::' parts.
+        return self.path, None, f"{self.path.name}::{self.name}: {self.spec.title}"

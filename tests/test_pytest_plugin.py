@@ -1,0 +1,306 @@
+"""The learners' door: `pytest --notebook ...`, driven with pytester in a real pytest subprocess.
+
+Grading is slow, so one pytester run grades every sample in submissions/MANIFEST.toml while
+`mbgd-grader grade` grades the same files in another process; the tests then read the run's
+output, its JUnit XML and the CLI's results.json. A second, small run covers the options
+(-k, -vv, --feedback-dir) on a tiny notebook with bubblewrap hidden from PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBMISSIONS = ROOT / "submissions"
+CLI = Path(sys.executable).with_name("mbgd-grader")
+GRADE_TIMEOUT = 1500  # seconds for grading every sample; the infinite-loop sample alone takes 60
+SUMMARY = re.compile(r"^mbgd-grader: ([\d.]+)/([\d.]+) points for (\S+)", re.M)
+GRADER_INTERNALS = ("Traceback (most recent call last)", "grader/", "CheckFailed", "site-packages")
+
+
+def manifest_samples() -> list[dict]:
+    """Every committed sample (generated ones are built on demand by others' tests)."""
+    samples = tomllib.loads((SUBMISSIONS / "MANIFEST.toml").read_text())["sample"]
+    return [s for s in samples if "generate" not in s and (SUBMISSIONS / s["path"]).is_file()]
+
+
+@dataclass
+class Case:
+    """One JUnit test case: a check of a notebook as pytest reported it."""
+
+    outcome: str  # passed / failed / skipped / error
+    text: str = ""  # the failure text, as the learner saw it
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PluginRun:
+    output: str
+    ret: int
+    cases: dict[tuple[str, str], Case]  # (sample path, check id) -> case
+    summary: dict[str, tuple[float, float]]  # nodeid of the notebook -> (points, max)
+    cli: dict[str, dict]  # sample path -> results.json written by `mbgd-grader grade`
+    labs: Path
+
+
+def parse_junit(xml_path: Path, samples: list[dict]) -> dict[tuple[str, str], Case]:
+    by_class = {"labs." + s["path"].replace("/", "."): s["path"] for s in samples}
+    cases: dict[tuple[str, str], Case] = {}
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        path = by_class[case.get("classname")]
+        outcome, text = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            node = case.find(tag)
+            if node is not None:
+                outcome, text = {"failure": "failed"}.get(tag, tag), node.text or ""
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        cases[(path, case.get("name"))] = Case(outcome, text, props)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def module_pytester(request, tmp_path_factory):
+    """pytester for the whole module, so that every sample is graded once, not per test."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield pytest.Pytester(request, tmp_path_factory, mp, _ispytest=True)
+
+
+@pytest.fixture(scope="module")
+def run(module_pytester) -> PluginRun:
+    samples = manifest_samples()
+    labs = module_pytester.path / "labs"
+    for sample in samples:
+        target = labs / sample["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SUBMISSIONS / sample["path"], target)
+    cli_out = module_pytester.path / "cli-reports"
+    cli = subprocess.Popen(  # grades the same files meanwhile, in its own process
+        [str(CLI), "grade", str(labs), "--out", str(cli_out), "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        xml = module_pytester.path / "junit.xml"
+        result = module_pytester.runpytest_subprocess(
+            "--notebook",
+            "labs",
+            "--notebook-jobs",
+            "2",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            timeout=GRADE_TIMEOUT,
+        )
+        cli_log, _ = cli.communicate(timeout=GRADE_TIMEOUT)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=30)
+    assert cli.returncode == 0, cli_log
+    output = result.stdout.str()
+    summary = {m[3]: (float(m[1]), float(m[2])) for m in SUMMARY.findall(output)}
+    reports = {
+        s["path"]: json.loads(
+            (cli_out / s["path"].removesuffix(".ipynb") / "results.json").read_text()
+        )
+        for s in samples
+    }
+    return PluginRun(output, result.ret, parse_junit(xml, samples), summary, reports, labs)
+
+
+def _samples(kind: str) -> list[dict]:
+    return [s for s in manifest_samples() if s["path"].startswith(kind + "/")]
+
+
+@pytest.mark.slow
+def test_every_check_of_every_sample_is_one_item(run):
+    checks = {t["extra_data"]["id"] for r in run.cli.values() for t in r["tests"]}
+    assert {"notebook.runs", "loss20.values", "plot.legend"} <= checks
+    for sample in manifest_samples():
+        ids = [check for (path, check) in run.cases if path == sample["path"]]
+        assert sorted(ids) == sorted(
+            t["extra_data"]["id"] for t in run.cli[sample["path"]]["tests"]
+        )
+    assert run.ret == 1  # some items failed; not a usage or internal error
+    assert "INTERNALERROR" not in run.output
+
+
+@pytest.mark.slow
+def test_correct_samples_pass_every_item(run):
+    for sample in _samples("correct"):
+        cases = {c: case for (p, c), case in run.cases.items() if p == sample["path"]}
+        assert cases and all(case.outcome == "passed" for case in cases.values()), sample["path"]
+        points, top = run.summary["labs/" + sample["path"]]
+        assert points == top == sample["score"]
+
+
+@pytest.mark.slow
+def test_mistakes_fail_the_right_items_with_their_diagnosis(run):
+    for sample in _samples("mistakes") + _samples("broken"):
+        tests = {t["extra_data"]["id"]: t for t in run.cli[sample["path"]]["tests"]}
+        for check, verdict in sample.get("checks", {}).items():
+            case = run.cases[(sample["path"], check)]
+            want = "passed" if verdict == "pass" else "failed"
+            assert case.outcome == want, (sample["path"], check, case.text)
+            if want == "failed":
+                # the learner reads the grader's own diagnosis, first, without our internals
+                message = tests[check]["output"].strip()
+                assert case.text.startswith(message), (sample["path"], check)
+                assert (
+                    f"{tests[check]['score']:g}/{tests[check]['max_score']:g} points" in case.text
+                )
+                assert not any(word in case.text for word in GRADER_INTERNALS), case.text
+        headline = run.cli[sample["path"]]["extra_data"]["diagnosis"]
+        if sample.get("diagnosis"):  # a known mistake: its explanation reaches the terminal
+            assert headline and f"  {headline}\n" in run.output, sample["path"]
+
+
+@pytest.mark.slow
+def test_value_mistakes_name_the_first_epoch_that_differs(run):
+    from reference import expected
+
+    want = expected()["LOSS20"]
+    for sample in _samples("mistakes"):
+        case = run.cases[(sample["path"], "loss20.values")]
+        if case.outcome != "failed" or "First difference" not in case.text:
+            continue
+        epoch = int(re.search(r"epoch (\d+): expected ([\d.e+-]+)", case.text)[1])
+        expected_text = re.search(r"expected ([\d.e+-]+),", case.text)[1]
+        assert float(expected_text) == pytest.approx(want[epoch], rel=1e-5), sample["path"]
+        assert re.search(r"got [\d.e+-]+", case.text), sample["path"]
+
+
+@pytest.mark.slow
+def test_broken_notebook_reports_its_error(run):
+    rejected = [s for s in manifest_samples() if s["status"] == "rejected"]
+    assert rejected, "the manifest has no rejected sample"
+    for sample in rejected:
+        error = run.cli[sample["path"]]["extra_data"]["error"]
+        assert error
+        cases = [case for (p, _), case in run.cases.items() if p == sample["path"]]
+        assert cases and all(c.outcome == "failed" and error in c.text for c in cases)
+        assert run.summary["labs/" + sample["path"]][0] == 0
+        assert re.search(
+            rf"mbgd-grader: 0/\S+ points for labs/{re.escape(sample['path'])} \(rejected\)",
+            run.output,
+        )
+    crashed = [s for s in manifest_samples() if s.get("checks", {}).get("notebook.runs") == "fail"]
+    for sample in crashed:
+        text = run.cases[(sample["path"], "notebook.runs")].text
+        assert re.search(r"[Cc]ell \d+", text), text  # names the cell that failed
+
+
+@pytest.mark.slow
+def test_plugin_points_equal_cli_grade_points(run):
+    """For every sample: terminal summary == sum of the items' points == `mbgd-grader grade`."""
+    samples = manifest_samples()
+    assert len(run.summary) == len(samples)
+    for sample in samples:
+        cli = run.cli[sample["path"]]
+        points, top = run.summary["labs/" + sample["path"]]
+        items = [c for (p, _), c in run.cases.items() if p == sample["path"]]
+        assert points == pytest.approx(cli["score"]), sample["path"]
+        assert top == pytest.approx(cli["extra_data"]["max_score"]), sample["path"]
+        assert sum(float(c.properties["points"]) for c in items) == pytest.approx(points)
+        assert sum(float(c.properties["max_points"]) for c in items) == pytest.approx(top)
+
+
+@pytest.mark.slow
+def test_feedback_pages_are_written_beside_each_notebook(run):
+    for sample in manifest_samples():
+        notebook = run.labs / sample["path"]
+        folder = notebook.with_name(notebook.stem + "-feedback")
+        page = folder / "feedback.html"
+        assert f"feedback page: {page}" in run.output
+        assert page.is_file() and "<script" not in page.read_text().lower()
+        mine = json.loads((folder / "results.json").read_text())
+        assert mine["score"] == run.cli[sample["path"]]["score"]
+
+
+# --- options, on a tiny notebook -------------------------------------------------------
+
+
+def _tiny_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("LOSS20 = [1.0, 2.0, 3.0]"),
+        nbformat.v4.new_code_cell("raise RuntimeError('boom in the learner cell')"),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
+    notebook = _tiny_notebook(pytester.path / "my_lab.ipynb")
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no bwrap, no setpriv
+    out = pytester.path / "fb"
+    result = pytester.runpytest_subprocess(
+        "--notebook",
+        notebook.name,
+        "-k",
+        "present or values or runs",
+        "-vv",
+        f"--feedback-dir={out}",
+        "-p",
+        "no:cacheprovider",
+        timeout=300,
+    )
+    text = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=2, deselected=3)
+    result.stdout.fnmatch_lines(
+        [
+            "my_lab.ipynb::notebook.runs FAILED*",
+            "my_lab.ipynb::loss20.present PASSED*",
+            "my_lab.ipynb::loss20.values FAILED*",
+            "mbgd-grader: 1/10 points for my_lab.ipynb",
+            f"  feedback page: {out / 'my_lab' / 'feedback.html'}",
+        ]
+    )
+    assert (out / "my_lab" / "feedback.html").is_file()
+    assert not (pytester.path / "my_lab-feedback").exists()
+    assert text.count("ran without a sandbox (rlimits-only") == 1  # said once
+    assert "-- details (-vv) --" in text and "boom in the learner cell" in text
+    assert "Cell 1 raised" in text or "cell 1 raised" in text.lower()
+
+
+def test_inactive_without_notebook(pytester):
+    """No --notebook: nothing collected, nothing printed, same outcome as with the plugin off."""
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+    _tiny_notebook(pytester.path / "lab.ipynb")
+    on = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    off = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:mbgd_grader")
+    on.assert_outcomes(passed=1)
+    off.assert_outcomes(passed=1)
+    assert "mbgd-grader:" not in on.stdout.str()
+    assert not list(pytester.path.glob("*-feedback"))
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    assert "--notebook=PATH" in help_text and "--feedback-dir=DIR" in help_text
+
+
+def test_usage_errors_are_clear(pytester):
+    missing = pytester.runpytest_subprocess("--notebook", "nope.ipynb")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*--notebook nope.ipynb: no such file or folder*"])
+    (pytester.path / "empty").mkdir()
+    empty = pytester.runpytest_subprocess("--notebook", "empty")
+    empty.stderr.fnmatch_lines(["*no .ipynb notebook in this folder*"])
+    (pytester.path / "bad.toml").write_text("name = 1\n")
+    _tiny_notebook(pytester.path / "lab.ipynb")
+    bad = pytester.runpytest_subprocess("--notebook", "lab.ipynb", "--rubric", "bad.toml")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--rubric: rubric is not usable*"])
