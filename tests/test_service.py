@@ -614,3 +614,91 @@ def test_kill_9_mid_grading_then_restart_loses_nothing(tmp_path: Path, lms: Fake
         assert all(s["status"] == "graded" and s["attempts"] == 2 for s in crashed)
     finally:
         again.stop()
+
+
+# -- scale-out: the same flow on Celery workers behind Redis --------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                break
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def celery_worker(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    exe = Path(sys.executable).with_name("mbgd-grader")
+    log = (tmp_path / "worker.log").open("ab")
+    proc = subprocess.Popen(
+        [str(exe), "worker", "--broker", redis_url, "--concurrency", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield proc
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.terminate()  # warm shutdown
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    log.close()
+
+
+def test_same_flow_with_a_broker_and_a_real_worker(
+    tmp_path: Path, lms: FakeLMS, redis_url: str, celery_worker: subprocess.Popen
+) -> None:
+    svc = Service(tmp_path / "broker.db", tmp_path / "broker.log", broker=redis_url, slots=4)
+    try:
+        assert svc.health()["mode"] == "celery"
+        correct = submission(
+            "broker-correct", raw=CORRECT.read_bytes(), assignment_id="mbgd", callback_url=lms.url
+        )
+        assert post(svc.base, correct, msg_id="msg_broker_1").status_code == 202
+        assert post(svc.base, correct, msg_id="msg_broker_1").status_code == 202  # a repeat
+        tiny = submission("broker-tiny", callback_url=lms.url)
+        assert post(svc.base, tiny).status_code == 202
+        assert post(svc.base, tiny, at=time.time() - 400).status_code == 401
+        got = lms.wait_for({"broker-correct", "broker-tiny"}, timeout=180)
+        (delivery,) = got["broker-correct"]
+        score = delivery.body["score"]
+        assert delivery.verified and score["scoreGiven"] == score["scoreMaximum"] == 10
+        assert (
+            score["gradingProgress"] == "FullyGraded"
+            and score["userId"] == "learner-broker-correct"
+        )
+        assert delivery.body["result"]["score"] == 10
+        assert got["broker-tiny"][0].body["score"]["scoreGiven"] < 10
+        assert celery_worker.poll() is None
+    finally:
+        svc.stop()
