@@ -342,8 +342,8 @@ def gather_facts(execution: Execution, rubric: Rubric, seed: int | None = None) 
         data=data_finding(execution.variables, settings.seed, tol),
     )
     if answer.name and not starts_with(answer.values, want[ANSWER_METHOD], tol):
-        facts.mistake = divergence_finding(answer.values) or mistake_finding(
-            answer.values, settings, tol
+        facts.mistake = mistake_finding(answer.values, settings, tol) or divergence_finding(
+            answer.values
         )
     return facts
 

@@ -17,8 +17,9 @@ class Tolerance:
     atol: float = 1e-9
 
     def close(self, got: float, want: float) -> bool:
+        """Within tolerance; a diverged run's inf (or NaN) equals only the same inf (or NaN)."""
         if not (math.isfinite(got) and math.isfinite(want)):
-            return False
+            return got == want or (math.isnan(got) and math.isnan(want))
         return abs(got - want) <= self.atol + self.rtol * abs(want)
 
 
