@@ -183,10 +183,17 @@ async def _run_cell(
             error_value=str(content.get("evalue", ""))[:2000],
             traceback=shorten_traceback(list(content.get("traceback", []))),
         )
-    if task in done and task.exception() is not None:
-        exc = task.exception()
-        if not isinstance(exc, DeadKernelError) and kernel.alive():
-            raise exc  # a harness bug, not something the notebook did
+    exc = task.exception() if task in done else None
+    if exc is not None and not isinstance(exc, DeadKernelError) and kernel.alive():
+        # The learner broke the kernel's side of the protocol (e.g. patched json.dumps), so
+        # its messages are garbage: the kernel is as good as dead.
+        return CellRun(
+            index=index,
+            status="died",
+            seconds=seconds,
+            error_name="ProtocolError",
+            error_value=f"the kernel sent a malformed message ({type(exc).__name__}: {exc})"[:500],
+        )
     if not done:
         return CellRun(index=index, status="timeout", seconds=seconds)
     return CellRun(index=index, status="died", seconds=seconds)
@@ -221,6 +228,22 @@ async def _run_cells(
     return last
 
 
+async def _start_kernel(limits: RunLimits, pool: KernelSource | None) -> Kernel:
+    """A started kernel: forked from the (given or default) warm pool, else a fresh one."""
+    if pool is None:
+        from grader.pool import default_pool
+
+        pool = default_pool()
+    if pool is not None:
+        from grader.pool import PoolUnavailable
+
+        with contextlib.suppress(PoolUnavailable):
+            return await pool.acquire(limits)
+    kernel = SandboxedKernel(limits)
+    kernel.start()
+    return kernel
+
+
 async def execute_async(
     nb: nbformat.NotebookNode,
     limits: RunLimits | None = None,
@@ -234,11 +257,11 @@ async def execute_async(
     started = monotonic()
     phases: dict[str, float] = {}
     reader = ProbeReader(new_mime())
-    kernel: Kernel = await pool.acquire(limits) if pool is not None else SandboxedKernel(limits)
+    mark = monotonic()
+    kernel = await _start_kernel(limits, pool)
     ex = Execution(fate="not_started", sandbox=kernel.sandbox)
     kc: _KernelClient | None = None
     context: zmq.asyncio.Context | None = None
-    mark = monotonic()
 
     def phase(name: str) -> None:
         nonlocal mark
@@ -247,8 +270,6 @@ async def execute_async(
         mark = now
 
     try:
-        if isinstance(kernel, SandboxedKernel):
-            kernel.start()
         try:
             kc, context = await _connect(kernel)
         except (RuntimeError, TimeoutError) as exc:
@@ -281,8 +302,8 @@ async def execute_async(
         if ex.fate == "ok" and last is not None and kernel.alive():
             try:
                 await _silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
-            except TimeoutError:
-                ex.notes.append("the final read of variables timed out")
+            except Exception as exc:  # timeout, or a kernel the learner broke
+                ex.notes.append(f"the final read of variables failed ({type(exc).__name__})")
         ex.figures, ex.variables = reader.figures, reader.variables
         ex.notes = reader.notes + ex.notes + reader.finish()
         phase("extraction")
@@ -303,6 +324,7 @@ def execute(
     limits: RunLimits | None = None,
     *,
     seed_override: int | None = None,
+    pool: KernelSource | None = None,
 ) -> Execution:
     """Synchronous wrapper around `execute_async` (runs its own event loop)."""
-    return asyncio.run(execute_async(nb, limits, seed_override=seed_override))
+    return asyncio.run(execute_async(nb, limits, seed_override=seed_override, pool=pool))

@@ -103,6 +103,7 @@ KERNEL_ARGS = [
     "--InteractiveShell.xmode=Plain",
     "--InteractiveShell.colors=nocolor",
     "--IPKernelApp.quiet=True",
+    "--IPKernelApp.capture_fd_output=False",  # no fd-watching threads; we keep no output
 ]
 
 
@@ -189,14 +190,29 @@ def ro_binds() -> list[str]:
     return sorted(p for p in paths if not p.startswith("/usr/") and p != "/usr")
 
 
-def bwrap_argv(bwrap: str, workdir: Path, uid: int | None, env: dict[str, str]) -> list[str]:
-    """bubblewrap options up to (not including) the command it runs."""
+def bwrap_argv(
+    bwrap: str,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    uid: int | None,
+    caps: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID"),
+    die_with_parent: bool = True,
+) -> list[str]:
+    """bubblewrap options (and setpriv to `uid` when given) up to the command it runs.
+
+    As root, `caps` are kept for the command (setpriv needs SETUID/SETGID); not as root, an
+    unprivileged user namespace is used instead and `uid` must be None.
+    """
     argv = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "mbgd"]
-    if uid is None:
+    argv += ["--unshare-cgroup-try", "--new-session", "--hostname", "mbgd"]
+    if die_with_parent:
+        argv += ["--die-with-parent"]
+    if os.geteuid() != 0:
         argv += ["--unshare-user"]
     else:
-        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        for cap in caps:
+            argv += ["--cap-add", cap]
     argv += ["--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
     for name in ("lib", "lib64", "bin", "sbin"):
         if os.path.islink(f"/{name}"):
@@ -267,7 +283,7 @@ class SandboxedKernel:
         self.sandbox = describe(self.bwrap)
         self.lease = UidLease() if self.bwrap and os.geteuid() == 0 else None
         self.uid = self.lease.uid if self.lease else None
-        self.workdir = Path(tempfile.mkdtemp(prefix="mbgd-", dir="/tmp"))
+        self.workdir = self._new_workdir()
         self.connection = connection_info(self.workdir)
         self.proc: subprocess.Popen[bytes] | None = None
         self.killed_by_us = False
@@ -275,7 +291,11 @@ class SandboxedKernel:
         self._kernel_proc: psutil.Process | None = None
         self._log_fd = -1
 
-    def _prepare(self) -> list[str]:
+    def _new_workdir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="mbgd-", dir="/tmp"))
+
+    def _prepare_workdir(self) -> None:
+        """Font cache, connection file, ownership, and the log file we keep open."""
         work = self.workdir
         mpl = work / ".mpl"
         mpl.mkdir()
@@ -292,17 +312,22 @@ class SandboxedKernel:
         work.chmod(0o700)
         # stderr goes to a file we keep open: read back through our fd, never by path.
         self._log_fd = os.open(work / ".kernel.log", os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+
+    def _argv(self) -> list[str]:
+        work = self.workdir
+        conn = work / "kernel.json"
         env = kernel_env(work)
         limits = rlimits(self.limits, with_nproc=self.uid is not None)
         inner = [sys.executable, "-c", LAUNCHER, json.dumps(limits), "-f", str(conn)]
         inner += KERNEL_ARGS
         if self.bwrap:
-            return [*bwrap_argv(self.bwrap, work, self.uid, env), *inner]
+            return [*bwrap_argv(self.bwrap, work, env, uid=self.uid), *inner]
         return inner
 
     def start(self) -> None:
         """Launch the kernel process (returns at once; readiness is the client's job)."""
-        argv = self._prepare()
+        self._prepare_workdir()
+        argv = self._argv()
         env = None if self.bwrap else kernel_env(self.workdir)
         self.proc = subprocess.Popen(
             argv,

@@ -1,0 +1,265 @@
+"""A warm pool: kernels forked from a parent that already imported torch, numpy and pyplot.
+
+Issue 5: most of a fresh kernel's cost is fixed (interpreter start, importing torch and
+pyplot). `KernelPool` pays it once. It starts `grader.zygote` under bubblewrap (the same
+read-only system, no network, scrubbed environment as a fresh kernel, plus the capabilities
+the zygote needs to build each child's sandbox) and asks it for one forked kernel per
+submission. Every forked kernel gets, before any learner code runs, its own mount, network,
+ipc, uts and pid namespaces, a fresh /tmp with only its own work dir in it, its own leased
+uid, rlimits and environment (see `grader.zygote`). A kernel is used once and killed, so
+nothing a learner does (globals, monkeypatches, files, threads) reaches the next one.
+
+    pool = KernelPool()
+    pool.start()                        # a few seconds, once; from a long-lived thread
+    ex = await execute_async(nb, limits, pool=pool)   # or: set_default_pool(pool)
+    pool.close()
+
+The pool needs root and bwrap (`KernelPool.available()`); without them, or when the zygote
+cannot be (re)started, `execute_async` falls back to a fresh kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import psutil
+
+from grader.sandbox import (
+    KERNEL_ARGS,
+    SANDBOXED,
+    RunLimits,
+    SandboxedKernel,
+    bwrap_argv,
+    find_bwrap,
+    kernel_env,
+    mpl_cache,
+    processes_of_uid,
+    rlimits,
+)
+
+WARM_MODULES = [
+    "numpy",
+    "torch",
+    "torch.utils.data",
+    "matplotlib.pyplot",
+    "mpl_toolkits.mplot3d",
+    "IPython",
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",  # pulls in debugpy: ~0.4 s per kernel otherwise
+]
+ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+START_TIMEOUT = 180.0
+_SOURCE = Path(__file__).with_name("zygote.py").read_text(encoding="utf-8")
+_default: KernelPool | None = None
+
+
+class PoolUnavailable(RuntimeError):
+    """The warm pool cannot run here (no bwrap, not root) or its zygote failed."""
+
+
+def set_default_pool(pool: KernelPool | None) -> None:
+    """Make `execute_async` use this pool when it is not given one (None: fresh kernels)."""
+    global _default
+    _default = pool
+
+
+def default_pool() -> KernelPool | None:
+    return _default
+
+
+class ForkedKernel(SandboxedKernel):
+    """A kernel forked by the zygote: same interface and teardown as a fresh one."""
+
+    def __init__(self, limits: RunLimits, pool_dir: Path) -> None:
+        self._pool_dir = pool_dir
+        self._intermediate: psutil.Process | None = None
+        super().__init__(limits)
+        self.sandbox = SANDBOXED
+
+    def _new_workdir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="w", dir=self._pool_dir))
+
+    def request(self) -> dict[str, object]:
+        """The spawn request for the zygote (prepares the work dir and connection file)."""
+        self._prepare_workdir()
+        assert self.uid is not None
+        return {
+            "workdir": str(self.workdir),
+            "uid": self.uid,
+            "rlimits": rlimits(self.limits, with_nproc=True),
+            "env": kernel_env(self.workdir),
+            "argv": ["-f", str(self.workdir / "kernel.json"), *KERNEL_ARGS],
+        }
+
+    def attach(self) -> None:
+        """Find the kernel's host pid: the one process running as our leased uid."""
+        assert self.uid is not None
+        procs = processes_of_uid(self.uid)
+        if len(procs) != 1:
+            raise PoolUnavailable(f"expected one kernel process for uid {self.uid}: {procs}")
+        self._kernel_proc = procs[0]
+        self._intermediate = procs[0].parent()
+
+    def alive(self) -> bool:
+        proc = self._kernel_proc
+        if proc is None:
+            return False
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def exit_signal(self) -> int | None:
+        return None  # the zygote reaps the kernel; its exit status does not reach us
+
+    def kill(self) -> None:
+        if self.alive():
+            self.killed_by_us = True
+        if self._kernel_proc is not None:  # pid 1 of its namespace: takes everything with it
+            with contextlib.suppress(psutil.Error):
+                self._kernel_proc.kill()
+            # wait until the kernel and the intermediate that reaps it are gone
+            waiting = [p for p in (self._kernel_proc, self._intermediate) if p is not None]
+            psutil.wait_procs(waiting, timeout=5)
+        if self.uid is not None:
+            for proc in processes_of_uid(self.uid):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
+
+class KernelPool:
+    """Hands out kernels forked from one warm, sandboxed zygote. Thread- and task-safe."""
+
+    def __init__(self, modules: list[str] | None = None) -> None:
+        self.modules = list(modules or WARM_MODULES)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pool_dir: Path | None = None
+        self._lock = threading.Lock()
+        self._log: Path | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return find_bwrap() is not None and os.geteuid() == 0
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the zygote and wait until it has imported everything. Idempotent."""
+        with self._lock:
+            self._start_locked(timeout)
+
+    def _start_locked(self, timeout: float) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        bwrap = find_bwrap()
+        if bwrap is None or os.geteuid() != 0:
+            raise PoolUnavailable("the warm pool needs bwrap and root")
+        self.pool_dir = Path(tempfile.mkdtemp(prefix="mbgd-p", dir="/tmp"))
+        self.pool_dir.chmod(0o700)
+        home = self.pool_dir / "zygote"
+        (home / ".mpl").mkdir(parents=True)
+        cache = mpl_cache()
+        if cache is not None:
+            for item in cache.glob("fontlist-*.json"):
+                shutil.copy(item, home / ".mpl" / item.name)
+        self._log = self.pool_dir / "zygote.log"
+        env = kernel_env(home)
+        argv = bwrap_argv(
+            bwrap, self.pool_dir, env, uid=None, caps=ZYGOTE_CAPS, die_with_parent=False
+        )
+        config = json.dumps({"modules": self.modules})
+        argv += [sys.executable, "-c", _SOURCE, config]
+        with open(self._log, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                start_new_session=True,
+            )
+        line = self._readline(timeout)
+        if not line.get("ready"):
+            self._stop_locked()
+            raise PoolUnavailable(f"the zygote did not start: {self.log_tail()}")
+
+    def _readline(self, timeout: float) -> dict[str, object]:
+        assert self.proc is not None and self.proc.stdout is not None
+        result: list[bytes] = []
+        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))
+        reader.daemon = True
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            return {}
+        try:
+            reply = json.loads(result[0])
+        except ValueError:
+            return {}
+        return reply if isinstance(reply, dict) else {}
+
+    def log_tail(self, limit: int = 2000) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_bytes()[-limit:].decode("utf-8", "replace")
+
+    def _spawn(self, limits: RunLimits) -> ForkedKernel:
+        with self._lock:
+            self._start_locked(START_TIMEOUT)
+            assert self.proc is not None and self.proc.stdin is not None and self.pool_dir
+            kernel = ForkedKernel(limits, self.pool_dir)
+            try:
+                self.proc.stdin.write((json.dumps(kernel.request()) + "\n").encode())
+                self.proc.stdin.flush()
+                reply = self._readline(30.0)
+                if not reply.get("ok"):
+                    raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
+                kernel.attach()
+            except (OSError, PoolUnavailable):
+                kernel.cleanup()
+                if self.proc.poll() is not None:
+                    self._stop_locked()
+                raise
+            return kernel
+
+    async def acquire(self, limits: RunLimits) -> ForkedKernel:
+        """A started kernel of its own, forked from the warm zygote."""
+        return await asyncio.to_thread(self._spawn, limits)
+
+    def _stop_locked(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.proc.pid).children():
+                    child.kill()
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+        if self.pool_dir is not None:
+            shutil.rmtree(self.pool_dir, ignore_errors=True)
+            self.pool_dir = None
+
+    def close(self) -> None:
+        """Stop the zygote (its kernels die with it) and delete the pool dir."""
+        with self._lock:
+            self._stop_locked()
+
+    def __enter__(self) -> KernelPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

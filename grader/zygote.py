@@ -1,0 +1,196 @@
+"""The warm parent of pooled kernels: runs INSIDE the pool's bubblewrap sandbox, as its script.
+
+`grader.pool` starts this source with `python -c` under bwrap (read-only system, no network,
+private /tmp holding only the pool dir, capabilities CAP_SYS_ADMIN/SETUID/SETGID/SETPCAP kept
+for this trusted code). It imports torch, numpy, matplotlib (Agg), IPython and ipykernel once,
+freezes the GC (fewer copy-on-write pages), prints `{"ready": ...}` and then serves one JSON
+request per stdin line: spawn a kernel.
+
+A spawn forks an intermediate process that unshares new mount, network, ipc, uts and pid
+namespaces and forks the kernel, which is pid 1 of its own pid namespace. Before any learner
+code runs, the kernel:
+- makes its mounts private, mounts a fresh tmpfs over /tmp (hiding the pool dir and every
+  sibling's work dir), binds back only its own work dir, mounts a /proc of its own pid ns;
+- closes every inherited descriptor (the zygote's pipes included), sends stdio to its log;
+- sets rlimits, rebuilds the environment from the allowlist it was sent, reseeds `random`
+  and numpy's global RNG;
+- drops the capability bounding set, clears groups, becomes its own leased uid/gid
+  (which clears its capabilities) and sets no_new_privs;
+then writes one byte to the ready pipe and becomes an ipykernel on the ipc connection file.
+
+The zygote exits when its stdin closes (the harness went away); kernels die with it through
+PR_SET_PDEATHSIG on both levels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import random
+import select
+import signal
+import sys
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+READY_TIMEOUT = 20.0
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    check(
+        libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def warm(modules: list[str]) -> None:
+    """Import what every kernel needs, once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for name in modules:
+        __import__(name)
+    gc.collect()
+    gc.freeze()
+
+
+def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
+    """In the pid-1 grandchild: isolate, drop privileges, then run ipykernel. Never returns."""
+    workdir, uid = req["workdir"], int(req["uid"])
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+    keep = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.makedirs(workdir, mode=0o755)
+    mount(f"/proc/self/fd/{keep}", workdir, None, MS_BIND, None)
+    os.close(keep)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    libc.sethostname(b"mbgd", 4)
+
+    null = os.open("/dev/null", os.O_RDWR)
+    log = os.open(os.path.join(workdir, ".kernel.log"), os.O_WRONLY | os.O_APPEND)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, ready_fd)
+    os.closerange(ready_fd + 1, 65536)
+
+    import resource
+
+    for name, value in req["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.chdir(workdir)
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+    with open("/proc/sys/kernel/cap_last_cap") as fh:
+        last_cap = int(fh.read())
+    for cap in range(last_cap + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop capability")
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
+
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+    sys.argv = ["ipykernel", *req["argv"]]
+    from ipykernel.kernelapp import launch_new_instance
+
+    launch_new_instance()
+    os._exit(0)
+
+
+def intermediate(req: dict[str, Any], ready_fd: int) -> None:
+    """Child of the zygote: new namespaces, fork the kernel, wait for it. Never returns."""
+    code = 70
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        os.setsid()
+        flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
+        check(libc.unshare(flags), "unshare")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                become_kernel(req, ready_fd)
+            except BaseException as exc:  # report to the kernel log if we got that far
+                os.write(2, f"kernel setup failed: {exc!r}\n".encode())
+            os._exit(71)
+        os.close(ready_fd)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    finally:
+        os._exit(code if code >= 0 else 128 - code)
+
+
+def spawn(req: dict[str, Any]) -> dict[str, Any]:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        intermediate(req, write_fd)
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], READY_TIMEOUT)
+        got = os.read(read_fd, 1) if ready else b""
+    finally:
+        os.close(read_fd)
+    if got != b"1":
+        return {"ok": False, "error": "the kernel did not come up (see its log)"}
+    return {"ok": True}
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
+    warm(config["modules"])
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            reply = spawn(req)
+        except Exception as exc:  # a bad request must not take the zygote down
+            reply = {"ok": False, "error": repr(exc)}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The warm pool: one learner's kernel leaves nothing for the next; results match fresh kernels.
+
+All tests share one pool (started once per session). The lab itself runs once fresh and once
+pooled, and the two Executions must agree on everything but timings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+import grader.sandbox
+from grader.models import Execution
+from grader.pool import KernelPool, default_pool, set_default_pool
+from grader.run import RunLimits, execute, execute_async
+from reference import make_data
+from tests.test_sandbox import Listener, probe_cells
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not KernelPool.available(), reason="the warm pool needs bwrap and root"),
+]
+LAB = Path(__file__).resolve().parents[1] / "submissions" / "correct" / "loss20.ipynb"
+LIMITS = RunLimits(cell_timeout=60, total_timeout=180)
+
+
+@pytest.fixture(scope="session")
+def pool():
+    with KernelPool() as warm:
+        yield warm
+
+
+def as_text(values: list[float]) -> str:
+    return "".join(chr(int(v)) for v in values)
+
+
+FIRST = """\
+import builtins, json, os, subprocess, sys, threading, time
+import matplotlib, matplotlib.axes, matplotlib.pyplot as plt, torch
+SECRET = [42.0]
+torch.manual_seed = lambda seed: None
+torch.randn = lambda *a, **k: torch.zeros(*a)
+plt.plot = lambda *a, **k: None
+matplotlib.axes.Axes.plot = lambda *a, **k: []
+sys.modules['numpy'].pi = 3
+for path in ('/tmp/leak.txt', 'leak.txt', os.path.expanduser('~/.leak')):
+    open(path, 'w').write('from the first learner')
+threading.Thread(target=time.sleep, args=(1000,), name='leftover', daemon=False).start()
+subprocess.Popen(['sleep', '1000'], start_new_session=True)
+WD = [ord(c) for c in os.getcwd()]
+UID = [os.getuid()]
+"""
+BREAKS_THE_KERNEL = (
+    "import builtins, json\njson.dumps = lambda *a, **k: '\"forged\"'\nbuiltins.len = 0"
+)
+
+SECOND = """\
+import os, threading
+import matplotlib.pyplot as plt, numpy as np, torch
+assert 'SECRET' not in globals()
+assert np.pi > 3.14
+assert len([1, 2]) == 2
+torch.manual_seed(1)
+X = torch.arange(-3, 3, 0.1).view(-1, 1)
+f = 1 * X - 1
+Y = f + 0.1 * torch.randn(X.size())
+plt.plot([1, 2], [3, 4], label='mine')
+plt.legend()
+plt.show()
+assert not os.path.exists('/tmp/leak.txt') and not os.path.exists({first_wd!r})
+assert not os.path.exists('leak.txt') and not os.path.exists(os.path.expanduser('~/.leak'))
+assert 'leftover' not in [t.name for t in threading.enumerate()]
+cmdlines = [open(f'/proc/{{p}}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()]
+assert not [c for c in cmdlines if c.startswith(b'sleep')], cmdlines
+assert os.listdir(os.path.dirname(os.getcwd())) == [os.path.basename(os.getcwd())]
+UID = [os.getuid()]
+"""
+
+
+def test_second_learner_sees_nothing_of_the_first(pool: KernelPool) -> None:
+    cells = [new_code_cell(FIRST), new_code_cell(BREAKS_THE_KERNEL), new_code_cell("B = [1]")]
+    first = execute(new_notebook(cells=cells), LIMITS, pool=pool)
+    assert first.cells[0].status == "ok", first.cells[0].error_value
+    assert first.fate == "died" and first.fate_cell == 1 and first.cells[1].status == "died"
+    assert first.cells[2].status == "not_run"
+    first_wd = as_text(first.variables["WD"].values)
+    first_uid = int(first.variables["UID"].values[0])
+    assert not Path(first_wd).exists()  # work dir deleted
+    assert grader.sandbox.processes_of_uid(first_uid) == []  # threads and children are gone
+
+    source = SECOND.format(first_wd=first_wd)
+    second = execute(new_notebook(cells=[new_code_cell(source)]), LIMITS, pool=pool)
+    assert second.cells[0].status == "ok", second.cells[0].traceback
+    assert second.variables["Y"].values == pytest.approx(make_data(1).Y.flatten().tolist())
+    assert second.figures[0].axes[0].lines[0].y == [3.0, 4.0]
+    assert second.figures[0].axes[0].legend == ["mine"]
+    assert int(second.variables["UID"].values[0]) not in (0, first_uid)
+
+
+def test_pooled_kernels_keep_the_sandbox_walls(pool: KernelPool) -> None:
+    listener = Listener()
+    secret = Path(f"/tmp/mbgd-secret-{secrets.token_hex(6)}")
+    secret.write_text("top secret")
+    os.environ["MBGD_TEST_SECRET"] = "x"
+    try:
+        cells = probe_cells(listener.port, [secret])
+        nb = new_notebook(cells=[new_code_cell(src) for src in cells.values()])
+        ex = execute(nb, RunLimits(cell_timeout=20, memory_mb=1536, max_file_mb=8), pool=pool)
+    finally:
+        del os.environ["MBGD_TEST_SECRET"]
+        secret.unlink()
+        listener.close()
+    status = {name: run.status for name, run in zip(cells, ex.cells, strict=True)}
+    assert ex.sandbox == "bubblewrap"
+    assert status["control"] == status["env"] == status["uid"] == status["processes"] == "ok"
+    assert status["loopback"] == status["read_0"] == status["write_system"] == "error"
+    assert listener.accepted == []
+    assert status["file_size"] == status["memory"] == "error"
+    assert ex.variables["LIMITS"].values[0] == 1536 << 20
+
+
+@pytest.mark.parametrize(
+    ("source", "status"), [("while True:\n    pass", "timeout"), ("import os\nos._exit(3)", "died")]
+)
+def test_pooled_hostile_cells_end_in_budget(pool: KernelPool, source: str, status: str) -> None:
+    nb = new_notebook(cells=[new_code_cell("A = [1]"), new_code_cell(source), new_code_cell("1")])
+    started = time.monotonic()
+    ex = execute(nb, RunLimits(cell_timeout=2, total_timeout=10), pool=pool)
+    assert time.monotonic() - started < 6
+    assert [c.status for c in ex.cells] == ["ok", status, "not_run"]
+    assert ex.fate == status and ex.fate_cell == 1
+    zygote_tree = psutil.Process(pool.proc.pid).children(recursive=True)
+    assert len(zygote_tree) == 2  # bwrap's init and the zygote: no kernel, no intermediate
+    mine = psutil.Process().children(recursive=True)
+    assert {p.pid for p in mine} == {pool.proc.pid} | {p.pid for p in zygote_tree}
+
+
+def comparable(ex: Execution) -> dict:
+    """Everything but timings."""
+    data = ex.model_dump(exclude={"seconds", "phases"})
+    for cell in data["cells"]:
+        cell.pop("seconds")
+    return data
+
+
+def test_results_are_identical_with_and_without_the_pool(pool: KernelPool) -> None:
+    nb = nbformat.read(LAB, as_version=4)
+    nb.cells.append(new_code_cell("import torch\ntorch.ones(2) @ torch.ones(3)"))
+    fresh = execute(nb, LIMITS)
+    set_default_pool(pool)  # the transparent way: execute_async picks it up
+    try:
+        pooled = __import__("asyncio").run(execute_async(nb, LIMITS))
+    finally:
+        set_default_pool(None)
+    assert default_pool() is None
+    assert fresh.fate == "ok" and len(fresh.figures) > 40 and "LOSS20" in fresh.variables
+    assert comparable(pooled) == comparable(fresh)
+    assert pooled.phases["kernel_start"] < fresh.phases["kernel_start"] + fresh.phases["probe"]
