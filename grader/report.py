@@ -153,6 +153,7 @@ def feedback_html(result: GradeResult) -> str:
         more_cells=total_bad - len(cells),
         notes=result.execution.notes if result.execution else [],
         percent=(100 * result.score / result.max_score) if result.max_score > 0 else 0,
+        full_marks=result.max_score > 0 and result.score >= result.max_score,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
