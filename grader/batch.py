@@ -81,9 +81,14 @@ def _notebooks_under(root: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if name.endswith(".ipynb") and not name.startswith(".") and path.is_file():
+            # Symlinks are not followed: a link in a class folder may point anywhere.
+            if name.endswith(".ipynb") and not name.startswith(".") and _regular(path):
                 found.append(path)
     return found
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _safe_part(part: str) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import TimeoutError as ResultsPending
 
 from grader import __version__
 from grader.models import GradeResult
@@ -74,7 +75,6 @@ def configure(
             "unacked_restore_interval": 2,  # look for orphaned tasks every 2 s ...
             "unacked_restore_throttle": 1,  # ... really every 2 s, not every 20
         },
-        worker_hijack_root_logger=False,
     )
     return app
 
@@ -162,7 +162,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
 
     # Results that workers finished while no batch was listening (a resumed run).
     inflight.update(by_id)
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(ResultsPending):
         for tid, meta in backend.get_many(set(by_id), timeout=0):
             finish(tid, meta)
     waiting = [t for t in waiting if t in inflight]
@@ -181,7 +181,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
                 time_limit=hard,
             )
             inflight.add(tid)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(ResultsPending):
             for tid, meta in backend.get_many(set(inflight), timeout=1.0, interval=0.25):
                 finish(tid, meta)
 

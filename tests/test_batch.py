@@ -1,0 +1,447 @@
+"""The instructors' door: `mbgd-grader grade FOLDER` on real notebooks and real kernels.
+
+The bulk of the notebooks are the lab's arithmetic without its slow figure-drawing helper
+(`lab_notebook` below), so that grading 40 of them twice stays within the test budget; a few
+real samples from `submissions/` are mixed in. Expected numbers come from `reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from grader.batch import BatchError, discover
+from reference import expected, make_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "submissions"
+
+# -- notebooks -------------------------------------------------------------------------------
+
+SETUP = """\
+import torch
+import matplotlib.pyplot as plt
+from torch.utils.data import Dataset, DataLoader
+torch.manual_seed(1)
+X = torch.arange(-3, 3, 0.1).view(-1, 1)
+f = 1 * X - 1
+Y = f + 0.1 * torch.randn(X.size())
+
+def forward(x):
+    return w * x + b
+
+def criterion(yhat, y):
+    return torch.mean((yhat - y) ** 2)
+"""
+
+BGD = """\
+w = torch.tensor(-15.0, requires_grad = True)
+b = torch.tensor(-10.0, requires_grad = True)
+lr = 0.1
+LOSS_BGD = []
+for epoch in range(10):
+    Yhat = forward(X)
+    loss = criterion(Yhat, Y)
+    LOSS_BGD.append(loss)
+    loss.backward()
+    w.data = w.data - lr * w.grad.data
+    b.data = b.data - lr * b.grad.data
+    w.grad.data.zero_()
+    b.grad.data.zero_()
+
+class Data(Dataset):
+    def __init__(self):
+        self.x = torch.arange(-3, 3, 0.1).view(-1, 1)
+        self.y = 1 * X - 1
+        self.len = self.x.shape[0]
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+    def __len__(self):
+        return self.len
+"""
+
+TRAIN = """\
+dataset = Data()
+{loader}
+{reset}
+{name} = []
+for epoch in range(10):
+    {name}.append(criterion(forward(X), Y).tolist())
+    for x, y in trainloader:
+        loss = criterion(forward(x), y)
+        loss.backward()
+        w.data = w.data - lr * w.grad.data
+        b.data = b.data - lr * b.grad.data
+        w.grad.data.zero_()
+        b.grad.data.zero_()
+"""
+
+RESET = (
+    "w = torch.tensor(-15.0, requires_grad = True)\nb = torch.tensor(-10.0, requires_grad = True)"
+)
+
+PLOT = """\
+plt.plot(LOSS_BGD, label = "Batch Gradient Descent")
+plt.plot(LOSS_SGD, label = "Stochastic Gradient Descent")
+plt.plot(LOSS_MINI5, label = "Mini-Batch Gradient Descent, Batch size: 5")
+plt.plot(LOSS_MINI10, label = "Mini-Batch Gradient Descent, Batch size: 10")
+plt.plot(LOSS20, label = "Mini-Batch Gradient Descent, Batch size: 20")
+plt.legend()
+plt.show()
+"""
+
+
+def _train(name: str, size: int, *, new_loader: bool = True, reset: bool = True) -> str:
+    loader = f"trainloader = DataLoader(dataset = dataset, batch_size = {size})"
+    return TRAIN.format(
+        name=name, loader=loader if new_loader else "", reset=RESET if reset else ""
+    )
+
+
+def lab_notebook(variant: str, tag: str) -> bytes:
+    """The lab's arithmetic (no plot_error_surfaces) with one learner variant; `tag` varies
+    a comment so every copy has its own content hash."""
+    if variant == "not_json":
+        return f"this is not a notebook ({tag})\n".encode()
+    cells = [f"# submission {tag}\n" + SETUP, BGD]
+    cells += [_train("LOSS_SGD", 1), _train("LOSS_MINI5", 5), _train("LOSS_MINI10", 10)]
+    if variant in ("correct", "no_plot"):
+        cells.append(_train("LOSS20", 20))
+    elif variant == "stale_loader":
+        cells.append(_train("LOSS20", 20, new_loader=False))
+    elif variant == "weights_not_reset":
+        cells.append(_train("LOSS20", 20, reset=False))
+    elif variant == "crash":
+        cells.append("LOSS20 = []\nraise RuntimeError('learner code crashed here')")
+    elif variant == "copied":  # the seed-1 numbers, pasted as text: not literals in the source
+        text = " ".join(repr(v) for v in expected()["LOSS20"])
+        cells.append(f'LOSS20 = [float(v) for v in "{text}".split()]')
+    else:
+        raise ValueError(variant)
+    if variant != "no_plot":
+        cells.append(PLOT)
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return nbformat.writes(nb).encode()
+
+
+# The same lab in float64 numpy on the lab's data (embedded: torch is not imported), so a
+# notebook runs in about a second; the grader's tolerance accepts float64 against float32.
+QUICK_SETUP = """\
+import numpy as np
+import matplotlib.pyplot as plt
+X = np.array({x})
+Y = np.array({y})
+F = 1 * X - 1  # the lab's Data class trains on the line, not on the noisy Y
+lr = 0.1
+
+def mse(w, b, x, y):
+    return float(np.mean((w * x + b - y) ** 2))
+
+def step(w, b, x, y):
+    r = w * x + b - y
+    return w - lr * float(np.mean(2 * r * x)), b - lr * float(np.mean(2 * r))
+
+def minibatch(size, w=-15.0, b=-10.0):
+    losses = []
+    for epoch in range(10):
+        losses.append(mse(w, b, X, Y))
+        for i in range(0, 60, size):
+            w, b = step(w, b, X[i:i + size], F[i:i + size])
+    return losses, w, b
+
+w, b = -15.0, -10.0
+LOSS_BGD = []
+for epoch in range(10):
+    LOSS_BGD.append(mse(w, b, X, Y))
+    w, b = step(w, b, X, Y)
+LOSS_SGD = minibatch(1)[0]
+LOSS_MINI5 = minibatch(5)[0]
+LOSS_MINI10, w10, b10 = minibatch(10)
+"""
+
+QUICK_LOSS20 = {
+    "correct": "LOSS20 = minibatch(20)[0]",
+    "no_plot": "LOSS20 = minibatch(20)[0]",
+    "stale_loader": "LOSS20 = minibatch(10)[0]",
+    "weights_not_reset": "LOSS20 = minibatch(20, w10, b10)[0]",
+    "crash": "LOSS20 = []\nraise RuntimeError('learner code crashed here')",
+}
+
+
+def quick_notebook(variant: str, tag: str) -> bytes:
+    """A short learner notebook of one variant; `tag` varies a comment (and the hash)."""
+    if variant == "not_json":
+        return f"this is not a notebook ({tag})\n".encode()
+    data = make_data(1)
+    setup = QUICK_SETUP.format(x=data.X.flatten().tolist(), y=data.Y.flatten().tolist())
+    cells = [f"# submission {tag}\n" + setup, QUICK_LOSS20[variant]]
+    if variant != "no_plot":
+        cells.append(PLOT)
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    return nbformat.writes(nb).encode()
+
+
+MIX = {  # variant -> copies in the 40-notebook folder
+    "correct": 12,
+    "no_plot": 6,
+    "stale_loader": 6,
+    "weights_not_reset": 6,
+    "crash": 6,
+    "not_json": 2,
+}
+REAL_SAMPLES = ["correct/loss20.ipynb"]
+
+
+def make_folder(root: Path) -> Path:
+    """40 submissions: short lab notebooks of every kind, two real samples, one hostile name."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for variant, copies in MIX.items():
+        for k in range(copies):
+            sub = root / ("mistakes" if variant in ("stale_loader", "weights_not_reset") else "")
+            sub.mkdir(exist_ok=True)
+            notebook = quick_notebook(variant, f"{variant}-{k}")
+            (sub / f"{variant}_{k:02d}.ipynb").write_bytes(notebook)
+            n += 1
+    for sample in REAL_SAMPLES:
+        source = SAMPLES / sample
+        if source.exists():
+            (root / "real").mkdir(exist_ok=True)
+            shutil.copy(source, root / "real" / source.name)
+            n += 1
+    # A learner whose file name is a spreadsheet formula.
+    (root / "=HYPERLINK(1).ipynb").write_bytes(quick_notebook("correct", "formula"))
+    n += 1
+    while n < 40:
+        (root / f"extra_{n}.ipynb").write_bytes(quick_notebook("correct", f"extra-{n}"))
+        n += 1
+    return root
+
+
+# -- running the CLI -------------------------------------------------------------------------
+
+
+def cli() -> list[str]:
+    script = Path(sys.executable).with_name("mbgd-grader")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "grader.cli"]
+
+
+def grade_cli(*args: str, timeout: float = 300, env: dict | None = None):
+    return subprocess.run(
+        [*cli(), "grade", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def db_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
+    except sqlite3.OperationalError:  # created but the table is not there yet
+        return 0
+
+
+def verdicts(rows: list[dict[str, str]]) -> dict[str, tuple]:
+    """What must not depend on how the run went: everything but timings."""
+    return {r["submission"]: tuple(v for k, v in r.items() if k != "seconds") for r in rows}
+
+
+@pytest.fixture(scope="module")
+def folder40(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("class") / "submissions")
+
+
+@pytest.fixture(scope="module")
+def clean_run(folder40, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "reports"
+    started = time.monotonic()
+    proc = grade_cli(str(folder40), "--out", str(out), "--jobs", "2")
+    proc.seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_clean_run_grades_every_notebook(clean_run, folder40):
+    out, proc = clean_run
+    rows = read_csv(out / "gradebook.csv")
+    assert len(rows) == 40 == db_count(out / "gradebook.sqlite")
+    by_id = {r["submission"]: r for r in rows}
+    full = float(rows[0]["max_score"])
+
+    for k in range(MIX["correct"]):
+        row = by_id[f"correct_{k:02d}"]
+        assert row["status"] == "graded"
+        assert float(row["score"]) == full, row
+        assert row["answer_name"] == "LOSS20"
+    for k in range(MIX["no_plot"]):
+        row = by_id[f"no_plot_{k:02d}"]
+        assert float(row["loss20.values"]) > 0
+        assert float(row["score"]) < full
+        assert float(row["plot.loss20"]) == 0
+    for k in range(MIX["stale_loader"]):
+        row = by_id[f"mistakes/stale_loader_{k:02d}"]
+        assert row["diagnosis"] == "batch_size_10", row
+        assert float(row["loss20.values"]) == 0
+    for k in range(MIX["weights_not_reset"]):
+        assert by_id[f"mistakes/weights_not_reset_{k:02d}"]["diagnosis"] == "weights_not_reset"
+    for k in range(MIX["crash"]):
+        row = by_id[f"crash_{k:02d}"]
+        assert float(row["loss20.values"]) == 0
+        assert row["diagnosis"] == "no_answer" and row["answer_name"] == ""
+    for k in range(MIX["not_json"]):
+        assert by_id[f"not_json_{k:02d}"]["status"] == "rejected"
+
+    # Per-check points add up to the score; every row links to a report that exists.
+    checks = [c for c in rows[0] if "." in c and c not in ("max_score",)]
+    assert "loss20.values" in checks and "plot.legend" in checks
+    for row in rows:
+        points = sum(float(row[c]) for c in checks if row[c])
+        assert points == pytest.approx(float(row["score"])), row
+        report = out / row["feedback"]
+        assert report.is_file(), report
+        assert (report.parent / "results.json").is_file()
+        results = json.loads((report.parent / "results.json").read_text())
+        assert results["score"] == pytest.approx(float(row["score"]))
+
+    # The hostile file name: kept as the learner id, neutralised for spreadsheets.
+    hostile = next(r for r in rows if "HYPERLINK" in r["submission"])
+    assert hostile["submission"].startswith("'=") and hostile["learner"].startswith("'=")
+    assert float(hostile["score"]) == full
+    # Folders under the given root are part of the id, not a learner.
+    assert "mistakes/stale_loader_00" in by_id
+    # Exit line and class table.
+    assert "40 submissions: 40 graded now, 0 unchanged" in proc.stderr
+    assert "Pass rate per check" in proc.stdout
+
+
+@pytest.mark.slow
+def test_kill_midway_then_resume_matches_clean_run(clean_run, folder40, tmp_path):
+    clean_out, _ = clean_run
+    out = tmp_path / "reports"
+    db = out / "gradebook.sqlite"
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(
+        [*cli(), "grade", str(folder40), "--out", str(out), "--jobs", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while db_count(db) < 13:
+            assert proc.poll() is None, "the batch ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress within 180 s"
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descendants = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for child in descendants:  # kernels run in their own sessions
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        log.close()
+    at_kill = db_count(db)
+    assert 13 <= at_kill < 40
+
+    resumed = grade_cli(str(folder40), "--out", str(out), "--jobs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{40 - at_kill} graded now, {at_kill} unchanged" in resumed.stderr
+    assert db_count(db) == 40
+    rows = read_csv(out / "gradebook.csv")
+    assert len(rows) == 40
+    assert verdicts(rows) == verdicts(read_csv(clean_out / "gradebook.csv"))
+
+    # A changed notebook is graded again; the others are not.
+    fixed = folder40 / "crash_00.ipynb"
+    fixed.write_bytes(quick_notebook("correct", "crash-0-fixed"))
+    again = grade_cli(str(folder40), "--out", str(out), "--jobs", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 graded now, 39 unchanged" in again.stderr
+    row = next(r for r in read_csv(out / "gradebook.csv") if r["submission"] == "crash_00")
+    assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"])
+    assert db_count(db) == 40
+
+
+def test_discover_names_learners_and_report_folders(tmp_path):
+    root = tmp_path / "submitted"
+    for rel in [
+        "alice/ps1/lab.ipynb",
+        "bob/ps1/lab.ipynb",
+        "carol.ipynb",
+        "summary.html.ipynb",
+        "we ird;name.ipynb",
+        ".ipynb_checkpoints/carol-checkpoint.ipynb",
+        "alice/.hidden/x.ipynb",
+        "notes.txt",
+        "texts/readme.txt",
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("{}")
+    (root / "link.ipynb").symlink_to(root / "carol.ipynb")
+    items = {i.submission: i for i in discover([root], "first-dir")}
+    assert set(items) == {"alice/ps1/lab", "bob/ps1/lab", "carol", "summary.html", "we ird;name"}
+    assert items["alice/ps1/lab"].learner == "alice"
+    assert items["carol"].learner == "carol"
+    assert items["carol"].report_dir == "carol"
+    assert items["summary.html"].report_dir == "_summary.html"  # never the class summary
+    assert items["we ird;name"].report_dir == "we_ird_name"
+    assert len({i.report_dir for i in items.values()}) == len(items)
+    by_path = {i.submission: i.learner for i in discover([root], "path")}
+    assert by_path["alice/ps1/lab"] == "alice/ps1/lab"
+    # One notebook given directly, twice: two submissions, two folders.
+    twice = discover([root / "carol.ipynb", root / "carol.ipynb"])
+    assert [i.submission for i in twice] == ["carol", "carol~2"]
+    assert twice[0].report_dir != twice[1].report_dir
+    with pytest.raises(BatchError, match="no notebooks"):
+        discover([root / "texts"])
+
+
+def test_usage_errors_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert grade_cli(str(tmp_path / "missing")).returncode == 2
+    proc = grade_cli(str(empty), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "no notebooks" in proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    (empty / "a.ipynb").write_bytes(quick_notebook("correct", "a"))
+    proc = grade_cli(str(empty), "--rubric", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "rubric" in proc.stderr

@@ -1,0 +1,178 @@
+"""Scale-out on real parts: redis-server, two `mbgd-grader worker` processes, one killed.
+
+The killed worker's task must come back (acks_late + Redis visibility timeout) and be graded
+by the other worker; the batch must end with every result in its gradebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.test_batch import cli, db_count, quick_notebook, read_csv
+
+pytestmark = pytest.mark.slow
+
+VISIBILITY_TIMEOUT = 25  # seconds before a dead worker's task is handed out again
+RECEIVED = re.compile(r"Task mbgd_grader\.grade\[([0-9a-f-]+)\] received")
+SUCCEEDED = re.compile(r"Task mbgd_grader\.grade\[([0-9a-f-]+)\] succeeded")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        family = psutil.Process(proc.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for child in family:  # kernels live in sessions of their own
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 20, "redis-server")
+        yield url
+    finally:
+        client.close()
+        stop(proc)
+
+
+class Worker:
+    def __init__(self, url: str, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                *cli(),
+                "worker",
+                "--broker",
+                url,
+                "--concurrency",
+                "1",
+                "--timeout",
+                "30",
+                "--visibility-timeout",
+                str(VISIBILITY_TIMEOUT),
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, self.text()[-3000:]
+        return " ready." in self.text()
+
+    def received(self) -> set[str]:
+        return set(RECEIVED.findall(self.text()))
+
+    def succeeded(self) -> set[str]:
+        return set(SUCCEEDED.findall(self.text()))
+
+
+def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    variants = ["correct"] * 4 + ["stale_loader"] * 2 + ["crash", "not_json"]
+    for k, variant in enumerate(variants):
+        (folder / f"{variant}_{k}.ipynb").write_bytes(quick_notebook(variant, f"celery-{k}"))
+    out = tmp_path / "reports"
+    a = Worker(redis_url, tmp_path / "worker-a.log")
+    b = Worker(redis_url, tmp_path / "worker-b.log")
+    batch = None
+    try:
+        wait_for(lambda: a.ready() and b.ready(), 120, "both workers to be ready")
+        batch_log = tmp_path / "batch.log"
+        batch = subprocess.Popen(
+            [*cli(), "grade", str(folder), "--out", str(out), "--broker", redis_url],
+            stdout=batch_log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def a_busy_mid_batch() -> bool:
+            assert batch.poll() is None, batch_log.read_text()[-3000:]
+            return db_count(out / "gradebook.sqlite") >= 1 and bool(a.received() - a.succeeded())
+
+        wait_for(a_busy_mid_batch, 150, "worker A to hold a task mid-batch")
+        lost = a.received() - a.succeeded()
+        stop(a.proc, signal.SIGKILL)  # the machine is gone: no goodbye, no ack
+
+        batch.wait(timeout=VISIBILITY_TIMEOUT + 120)
+        assert batch.returncode == 0, batch_log.read_text()[-3000:]
+    finally:
+        for proc in (batch, a.proc, b.proc):
+            if proc is not None:
+                stop(proc)
+
+    rows = {r["submission"]: r for r in read_csv(out / "gradebook.csv")}
+    assert len(rows) == len(variants) == db_count(out / "gradebook.sqlite")
+    for k, variant in enumerate(variants):
+        row = rows[f"{variant}_{k}"]
+        if variant == "correct":
+            assert row["status"] == "graded" and row["score"] == row["max_score"], row
+        elif variant == "stale_loader":
+            assert row["diagnosis"] == "batch_size_10", row
+        elif variant == "crash":
+            assert row["diagnosis"] == "no_answer" and row["score"] == "0", row
+        else:
+            assert row["status"] == "rejected", row
+        assert (out / row["feedback"]).is_file()
+    # The task the killed worker held was redelivered and graded by the survivor.
+    assert lost and lost <= b.succeeded(), (lost, b.text()[-3000:])
