@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
-from typing import Any, Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 from grader.models import GradeResult
+
+T = TypeVar("T")
 
 
 class Grader(Protocol):
@@ -22,6 +26,23 @@ class Grader(Protocol):
     def fingerprint(self) -> str: ...
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult: ...
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, so grading's synchronous stretches (parsing, checks,
+    reports) never stall the loop that answers the LMS."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="grading-loop", daemon=True).start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # cancels the grading task in its loop: kernels are shut down
+            raise
 
 
 class LocalGrader:
@@ -33,6 +54,7 @@ class LocalGrader:
         from grader.pipeline import GradeOptions
 
         self.options = options or GradeOptions()
+        self._thread = _LoopThread()
 
     def fingerprint(self) -> str:
         from grader.pipeline import rubric_fingerprint
@@ -42,7 +64,7 @@ class LocalGrader:
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader.pipeline import grade_async
 
-        return await grade_async(notebook, name, self.options)
+        return await self._thread.run(grade_async(notebook, name, self.options))
 
 
 class CeleryGrader:
