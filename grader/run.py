@@ -240,7 +240,11 @@ async def _start_kernel(limits: RunLimits, pool: KernelSource | None) -> Kernel:
         with contextlib.suppress(PoolUnavailable):
             return await pool.acquire(limits)
     kernel = SandboxedKernel(limits)
-    kernel.start()
+    try:
+        kernel.start()
+    except BaseException:
+        kernel.cleanup()
+        raise
     return kernel
 
 
