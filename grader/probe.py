@@ -38,7 +38,9 @@ def install_code(mime: str, seed_override: int | None) -> str:
     """Source for the silent execute that installs the probe without touching user globals."""
     return (
         "def _mbgd_boot(src, mime, seed):\n"
-        "    ns = {'__name__': '_mbgd_probe_src', 'get_ipython': get_ipython}\n"
+        "    import builtins\n"
+        "    ns = {'__name__': '_mbgd_probe_src', 'get_ipython': get_ipython,\n"
+        "          '__builtins__': dict(vars(builtins))}  # later patches of builtins miss us\n"
         "    exec(compile(src, '<mbgd-probe>', 'exec'), ns)\n"
         "    ns['install'](mime, seed)\n"
         f"_mbgd_boot({_SOURCE!r}, {mime!r}, {seed_override!r})\n"

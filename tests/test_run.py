@@ -66,6 +66,15 @@ plt.subplot(122)
 plt.plot([1, 2, 3])
 """
 
+PATCHES = """\
+import builtins
+plt.show = plt.close = lambda *a, **k: None
+plt.plot([5, 6])
+plt.show()
+LAST = [7, 8]
+builtins.float = None  # the probe reads LAST with its own builtins
+"""
+
 
 def lab_like_notebook() -> nbformat.NotebookNode:
     return new_notebook(
@@ -81,6 +90,7 @@ def lab_like_notebook() -> nbformat.NotebookNode:
             new_code_cell("BIG = np.arange(25_000)\nLOSS_BGD.append(LOSS_BGD[-1])\ndel f"),  # 8
             new_code_cell("def g():\n    raise ValueError('deep')\ndef h():\n    g()\nh()"),  # 9
             new_code_cell("plt.plot([0, 1], [1, 0])\nAFTER = (1, 2)"),  # 10
+            new_code_cell(PATCHES),  # 11
         ]
     )
 
@@ -128,6 +138,7 @@ def test_cells_run_in_order_and_errors_do_not_stop_the_run(lab_run) -> None:
         8: "ok",
         9: "error",
         10: "ok",
+        11: "ok",
     }
     assert all(c.seconds >= 0 for c in lab_run.cells)
 
@@ -158,12 +169,13 @@ def test_variables_are_data_with_their_cell(lab_run) -> None:
     special = v["SPECIAL"].values
     assert special[0] == 1.0 and math.isnan(special[1]) and special[2] == math.inf
     assert v["AFTER"].type_name == "tuple" and v["AFTER"].cell == 10
+    assert v["LAST"].values == [7.0, 8.0] and v["LAST"].cell == 11
     assert "lr" not in v and "In" not in v  # plain scalars and IPython's own are not answers
 
 
 def test_figures_are_recorded_as_data_per_cell(lab_run) -> None:
     figs = lab_run.figures
-    assert [f.cell for f in figs] == [4, 4, 10]
+    assert [f.cell for f in figs] == [4, 4, 10, 11]  # cell 11 patched plt.show, float
     loss_ax = figs[0].axes[0]
     assert loss_ax.title == "losses" and loss_ax.xlabel == "epoch" and loss_ax.ylabel == "cost"
     assert loss_ax.yscale == "log" and loss_ax.legend == ["Batch Gradient Descent"]
@@ -175,6 +187,7 @@ def test_figures_are_recorded_as_data_per_cell(lab_run) -> None:
     assert left.lines[0].label == "y" and len(left.lines[0].x) == 60
     assert right.lines[0].y == [1.0, 2.0, 3.0] and right.lines[0].label == ""
     assert figs[2].axes[0].lines[0].y == [1.0, 0.0]
+    assert figs[3].axes[0].lines[0].y == [5.0, 6.0]
     assert any("detached" in n and "cell 4" in n for n in lab_run.notes)
 
 
