@@ -169,6 +169,25 @@ def _mistake_title(mistake: str) -> str:
         return mistake.replace("_", " ")
 
 
+def problem_text(result: GradeResult) -> str:
+    """One line for the instructor: why this submission needs a look."""
+    if result.status == "rejected" or (result.status == "crashed" and result.error):
+        return result.error or result.diagnosis
+    notes = result.execution.notes if result.execution else []
+    if result.status == "timeout":
+        limit = next((n for n in notes if "time limit" in n), "")
+        return f"Timed out: {limit}." if limit else result.error or "Timed out."
+    if result.status == "crashed":
+        died = next((n for n in notes if "kernel" in n), "")
+        return died or result.error or "The kernel crashed."
+    if result.integrity == "flagged":
+        check = next((c for c in result.checks if c.id == "integrity.seed" and not c.passed), None)
+        if check is not None:
+            return "Secret-seed re-run: " + check.message
+        return "LOSS20's numbers are written out as literals in the source (typed in?)."
+    return result.diagnosis
+
+
 def summarize(entries: list[Entry]) -> ClassSummary:
     results = [e.result for e in entries]
     scores = [r.score for r in results]
@@ -233,6 +252,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = lambda v: f"{round(v, 2):g}"
     env.filters["mistake_title"] = _mistake_title
+    env.filters["problem"] = problem_text
     return env
 
 

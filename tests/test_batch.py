@@ -7,6 +7,7 @@ real samples from `submissions/` are mixed in. Expected numbers come from `refer
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import json
@@ -127,9 +128,9 @@ def lab_notebook(variant: str, tag: str) -> bytes:
         cells.append(_train("LOSS20", 20, reset=False))
     elif variant == "crash":
         cells.append("LOSS20 = []\nraise RuntimeError('learner code crashed here')")
-    elif variant == "copied":  # the seed-1 numbers, pasted as text: not literals in the source
-        text = " ".join(repr(v) for v in expected()["LOSS20"])
-        cells.append(f'LOSS20 = [float(v) for v in "{text}".split()]')
+    elif variant == "copied":  # seed-1 numbers smuggled in: no literals in the source
+        blob = base64.b64encode(json.dumps(expected()["LOSS20"]).encode()).decode()
+        cells.append(f'import base64, json\nLOSS20 = json.loads(base64.b64decode("{blob}"))')
     else:
         raise ValueError(variant)
     if variant != "no_plot":
@@ -398,6 +399,43 @@ def test_kill_midway_then_resume_matches_clean_run(clean_run, folder40, tmp_path
     row = next(r for r in read_csv(out / "gradebook.csv") if r["submission"] == "crash_00")
     assert row["status"] == "graded" and float(row["score"]) == float(row["max_score"])
     assert db_count(db) == 40
+
+
+@pytest.mark.slow
+def test_integrity_flags_copied_numbers_and_keeps_the_seed_secret(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for variant in ("correct", "copied"):
+        (folder / f"{variant}.ipynb").write_bytes(lab_notebook(variant, variant))
+    out = tmp_path / "reports"
+    env = {k: v for k, v in os.environ.items() if k != "MBGD_SECRET_SEED"}
+    args = [*cli(), "grade", str(folder), "--out", str(out), "--integrity", "--jobs", "2"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["submission"]: r for r in read_csv(out / "gradebook.csv")}
+    assert rows["correct"]["integrity"] == "passed"
+    assert rows["correct"]["score"] == rows["correct"]["max_score"]
+    assert rows["correct"]["integrity.seed"] == "0"  # a 0-point check, shown as a column
+    # Right numbers for seed 1, so full marks for the values; only the secret seed tells.
+    assert rows["copied"]["loss20.values"] == "5"
+    assert rows["copied"]["integrity"] == "flagged"
+    assert rows["copied"]["diagnosis"] == "hard_coded"
+
+    with sqlite3.connect(out / "gradebook.sqlite") as conn:
+        (seed,) = conn.execute(
+            "SELECT value FROM meta WHERE name = 'integrity_secret_seed'"
+        ).fetchone()
+    assert int(seed) > 1
+    shown = [proc.stdout, proc.stderr, (out / "gradebook.csv").read_text()]
+    shown += [p.read_text() for p in out.rglob("*.json")]
+    shown += [p.read_text() for p in out.rglob("*.html")]
+    assert not any(seed in text for text in shown), "the secret seed leaked"
+    assert "copied" in (out / "summary.html").read_text()
+
+    # Resuming reuses the recorded seed, so nothing is graded twice.
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0
+    assert "0 graded now, 2 unchanged" in again.stderr
 
 
 def test_discover_names_learners_and_report_folders(tmp_path):
