@@ -453,6 +453,32 @@ def test_not_a_notebook_is_accepted_and_the_learner_hears_why(
     assert delivery.body["result"]["extra_data"]["status"] == "rejected"
 
 
+LEAKER = """import glob, os
+found = [repr({k: v for k, v in os.environ.items() if k.startswith("MBGD")})]
+for path in glob.glob("/proc/*/environ"):
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        continue
+    if b"MBGD_" in data:
+        found.append(data.decode("latin-1"))
+raise RuntimeError("LEAK " + " ".join(found))
+"""
+
+
+def test_learner_code_cannot_read_the_service_secrets(service: Service, lms: FakeLMS) -> None:
+    answer = post(
+        service.base, submission("leak-1", tiny_notebook("leak", LEAKER), callback_url=lms.url)
+    )
+    assert answer.status_code == 202
+    (delivery,) = lms.wait_for({"leak-1"}, timeout=90)["leak-1"]
+    text = json.dumps(delivery.body).lower()
+    # The cell ran, its error reached the learner's report, and it found nothing to leak.
+    assert "leak {}" in text
+    for secret in (WEBHOOK_SECRET, CALLBACK_SECRET, API_TOKEN):
+        assert secret.removeprefix("whsec_").lower() not in text
+
+
 def test_duplicate_delivery_grades_once_and_calls_back_once(service: Service, lms: FakeLMS) -> None:
     payload = submission("dup-1", callback_url=lms.url)
     first = post(service.base, payload, msg_id="msg_dup_1")
