@@ -15,6 +15,7 @@ import hmac
 import json
 import re
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -195,6 +196,7 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
         413: {"model": Problem, "description": "Body over the size cap."},
         415: {"model": Problem, "description": "Body is not application/json."},
         422: {"model": Problem, "description": "Malformed payload; `loc` names the field."},
+        503: {"model": Problem, "description": "Not stored (database unavailable); retry."},
     }
 
     @app.post(
@@ -251,21 +253,24 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
             status_url=str(request.url_for("get_submission", sub_id=sub_id)),
         ).model_dump_json()
         db: Database = request.app.state.db
-        created, answer = await asyncio.to_thread(
-            db.insert,
-            NewSubmission(
-                id=sub_id,
-                webhook_id=msg_id,
-                submission_id=payload.submission_id,
-                learner_id=payload.learner_id,
-                assignment_id=payload.assignment_id,
-                callback_url=url,
-                name=_safe_name(payload.submission_id),
-                notebook=notebook,
-                sha256=hashlib.sha256(notebook).hexdigest(),
-                response=response,
-            ),
-        )
+        try:
+            created, answer = await asyncio.to_thread(
+                db.insert,
+                NewSubmission(
+                    id=sub_id,
+                    webhook_id=msg_id,
+                    submission_id=payload.submission_id,
+                    learner_id=payload.learner_id,
+                    assignment_id=payload.assignment_id,
+                    callback_url=url,
+                    name=_safe_name(payload.submission_id),
+                    notebook=notebook,
+                    sha256=hashlib.sha256(notebook).hexdigest(),
+                    response=response,
+                ),
+            )
+        except sqlite3.Error as exc:  # disk full, locked too long: not stored, so say retry
+            return _problem(503, f"could not store the submission ({exc}); retry later")
         if created:
             request.app.state.dispatcher.wake()
         return Response(answer, status_code=202, media_type="application/json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import threading
 import time
 from collections.abc import Coroutine
@@ -56,10 +57,14 @@ class LocalGrader:
         self.options = options or GradeOptions()
         self._thread = _LoopThread()
 
-    def fingerprint(self) -> str:
+    @functools.cached_property
+    def _fingerprint(self) -> str:
         from grader.pipeline import rubric_fingerprint
 
         return rubric_fingerprint(self.options)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader.pipeline import grade_async
@@ -85,10 +90,14 @@ class CeleryGrader:
         self.app = tasks.configure(broker, total_timeout=self.options.limits.total_timeout)
         self.budget = tasks.task_budget(self.options.limits.total_timeout, self.options.integrity)
 
-    def fingerprint(self) -> str:
+    @functools.cached_property
+    def _fingerprint(self) -> str:
         from grader.pipeline import rubric_fingerprint
 
         return rubric_fingerprint(self.options)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader import tasks
