@@ -12,6 +12,7 @@ import pytest
 from grader.models import GradeResult
 from grader.pipeline import GradeOptions, grade_async
 from grader.run import RunLimits
+from reference import mistake_info, mistake_variants
 
 ROOT = Path(__file__).resolve().parent.parent / "submissions"
 MANIFEST = tomllib.loads((ROOT / "MANIFEST.toml").read_text())["sample"]
@@ -87,7 +88,10 @@ def test_mistakes_are_named_in_the_headline(graded):
         if sample.get("diagnosis") and sample["path"].startswith("mistakes/"):
             result = graded[sample["path"]]
             assert result.mistake == sample["diagnosis"], sample["path"]
-            assert "epoch" in result.diagnosis or "data" in result.diagnosis.lower()
+            values = next(c for c in result.checks if c.id == "loss20.values")
+            assert result.diagnosis == values.message, sample["path"]  # the headline is it
+            if sample["diagnosis"] in mistake_variants():
+                assert mistake_info(sample["diagnosis"]).hint in result.diagnosis
 
 
 @pytest.mark.slow
