@@ -32,6 +32,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
 
@@ -582,7 +587,8 @@ def _send_case(case: Any, base: str) -> httpx.Response:
 
 
 def test_openapi_schema_fuzzed_without_server_errors(service: Service) -> None:
-    """schemathesis generates requests from the live /openapi.json; none may get a 5xx."""
+    """schemathesis generates requests from the live /openapi.json: no 5xx, and every answer
+    has a documented status, content type and body shape."""
     schema = schemathesis.openapi.from_url(f"{service.base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/submissions", "/v1/submissions/{sub_id}"}
@@ -594,7 +600,15 @@ def test_openapi_schema_fuzzed_without_server_errors(service: Service) -> None:
         def check(case: Any) -> None:
             response = _send_case(case, service.base)
             statuses.append(response.status_code)
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(
+                response,
+                checks=[
+                    not_a_server_error,
+                    status_code_conformance,
+                    content_type_conformance,
+                    response_schema_conformance,
+                ],
+            )
 
         check()
     assert statuses and max(statuses) < 500
