@@ -213,3 +213,36 @@ def test_callback_body_carries_ags_fields_and_a_stable_id() -> None:
     }
     failed = json.loads(callback.build(row, **{**args, "results": None, "score": None}).body)
     assert failed["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in failed["score"]
+
+
+def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_path) -> None:  # noqa: ANN001
+    import asyncio
+
+    from grader.service.dispatcher import Dispatcher
+    from grader.service.grading import LocalGrader
+
+    settings = from_environment(
+        db=str(tmp_path / "p.db"),
+        env={"MBGD_WEBHOOK_SECRET": SECRET, "MBGD_CALLBACK_SECRET": OTHER},
+    )
+    db = Database(settings.db_path)
+    db.insert(_submission(1, "msg_a"))
+    for _ in range(settings.max_grade_attempts):  # claimed, then the service died, each time
+        assert db.claim() is not None
+        db.requeue_running()
+    row = db.claim()
+    assert row is not None and row["attempts"] == settings.max_grade_attempts + 1
+    dispatcher = Dispatcher(db, settings, LocalGrader())
+    dispatcher._fingerprint = "f"
+
+    asyncio.run(dispatcher._process(row))
+    state = db.get("sub_1")
+    assert (
+        state is not None
+        and state["status"] == "failed"
+        and "interrupted 3 times" in state["error"]
+    )
+    (due,) = db.due_callbacks(10, set())
+    body = json.loads(due["body"])
+    assert body["type"] == "submission.failed" and body["result"] is None
+    assert body["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in body["score"]
