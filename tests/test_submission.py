@@ -88,6 +88,7 @@ def test_list_sources_are_joined_and_bom_accepted() -> None:
     assert sub.notebook.cells[1].source == "x = 1\ny = 2\n"
 
 
+@pytest.mark.filterwarnings("error")
 def test_nbformat3_is_converted_to_4() -> None:
     cell = nbformat.v3.new_code_cell(input="LOSS20 = []", prompt_number=3)
     cell.outputs = [nbformat.v3.new_output("stream", output_text="hi")]
@@ -97,11 +98,19 @@ def test_nbformat3_is_converted_to_4() -> None:
     assert sub.notebook.cells[0].source == "LOSS20 = []"
 
 
-def test_v45_without_cell_ids_is_repaired() -> None:
+@pytest.mark.filterwarnings("error")
+def test_cell_ids_are_repaired_without_warnings() -> None:
     nb = make_notebook()
     for cell in nb["cells"]:
         cell.pop("id")
-    assert_clean(load(as_bytes(nb)))
+    assert [c.id for c in load(as_bytes(nb)).notebook.cells] == ["cell-0", "cell-1", "cell-2"]
+    nb = make_notebook()
+    nb["cells"][2]["id"] = nb["cells"][1]["id"]
+    nb["cells"][0]["id"] = "not a valid id!"
+    ids = [c.id for c in load(as_bytes(nb)).notebook.cells]
+    assert len(set(ids)) == 3 and ids[1] == nb["cells"][1]["id"]
+    nb["nbformat_minor"] = 4  # ids do not exist before 4.5
+    assert all("id" not in c for c in load(as_bytes(nb)).notebook.cells)
 
 
 # --- rejected, each with its own message ------------------------------------------------
@@ -264,7 +273,7 @@ _v3 = nbformat.v3.new_notebook(
 BASES.append(json.loads(nbformat.v3.writes_json(_v3)))
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
