@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -303,6 +304,8 @@ class ConsoleProgress:
         self.console = Console(stderr=True)
         self.failures = 0
         self.done = 0
+        self.graded_now = 0
+        self.started = time.monotonic()
         self._progress = None
         self._task = None
 
@@ -317,6 +320,7 @@ class ConsoleProgress:
         )
 
         self.done = skipped
+        self.started = time.monotonic()
         if skipped:
             self.console.print(
                 f"{skipped} of {total} already in the gradebook (unchanged): skipped",
@@ -347,9 +351,10 @@ class ConsoleProgress:
             self.failures += 1
         if self._progress is None or self._task is None:
             return
-        task = self._progress.tasks[0]
-        speed = task.speed  # submissions per second over rich's sliding window
-        rate = f"{speed * 60:.1f}/min" if speed else ""
+        # Over the whole run: an instant rejection must not make the rate jump.
+        self.graded_now += 1
+        per_minute = 60 * self.graded_now / max(time.monotonic() - self.started, 1e-3)
+        rate = f"{per_minute:.1f}/min"
         failures = f"[red]{self.failures} failed" if self.failures else "0 failed"
         self._progress.update(self._task, advance=1, rate=rate, failures=failures)
 
