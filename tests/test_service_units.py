@@ -246,3 +246,77 @@ def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_
     body = json.loads(due["body"])
     assert body["type"] == "submission.failed" and body["result"] is None
     assert body["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in body["score"]
+
+
+def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:  # noqa: ANN001
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from grader.service.outbox import Outbox
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.rfile.read(int(self.headers["content-length"]))
+            if self.path == "/gone":
+                self.send_response(410)
+            else:  # a redirect towards somewhere the grader must not go
+                self.send_response(307)
+                self.send_header("location", "http://169.254.169.254/latest/meta-data")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    settings = from_environment(
+        db=str(tmp_path / "cb.db"),
+        env={
+            "MBGD_WEBHOOK_SECRET": SECRET,
+            "MBGD_CALLBACK_SECRET": OTHER,
+            "MBGD_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+            "MBGD_CALLBACK_BACKOFF": "30",
+        },
+    )
+    db = Database(settings.db_path)
+    urls = [base + "/gone", base + "/moved", base.replace("127.0.0.1", "localhost") + "/off-list"]
+    for n, url in enumerate(urls, start=1):
+        db.insert(_submission(n, f"msg_{n}"))
+        db.claim()
+        cb = Callback(webhook_id=f"msg_cb{n}", url=url, body=b"{}")
+        db.finish(
+            f"sub_{n}",
+            status="graded",
+            fingerprint="f",
+            grade="{}",
+            result="{}",
+            error=None,
+            callback=cb,
+        )
+
+    async def deliver() -> None:
+        outbox = Outbox(db, settings)
+        await outbox.start()
+        try:
+            for _ in range(100):
+                if len(hits) >= 2 and not outbox._inflight:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await outbox.stop()
+
+    asyncio.run(deliver())
+    server.shutdown()
+    gone, moved = db.get("sub_1"), db.get("sub_2")
+    assert gone is not None and gone["cb_status"] == "dead" and gone["cb_last_status"] == 410
+    assert moved is not None and moved["cb_status"] == "pending" and moved["cb_last_status"] == 307
+    assert sorted(hits) == ["/gone", "/moved"]  # one attempt each, the redirect not followed
+    off_list = db.get("sub_3")  # the allowlist changed since intake: never sent
+    assert off_list is not None and off_list["cb_status"] == "dead"
+    assert "ALLOWED_HOSTS" in off_list["cb_last_error"]
