@@ -343,6 +343,7 @@ def test_bad_signatures_and_replayed_timestamps_get_401(service: Service, lms: F
             422,
             "callback_url",
         ),
+        (b'{"submission_id": "\\ud800", "learner_id": "y", "notebook": {}}', 422, "submission_id"),
         (b"{not json", 422, None),
         (b"[1, 2]", 422, None),
         (b'{"submission_id": NaN}', 422, None),

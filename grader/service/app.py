@@ -112,7 +112,7 @@ def _notebook_bytes(payload: SubmissionIn) -> bytes:
             "notebook", "give exactly one of notebook (JSON) or notebook_base64", "missing"
         )
     if payload.notebook is not None:
-        return json.dumps(payload.notebook, ensure_ascii=False).encode("utf-8")
+        return json.dumps(payload.notebook).encode("ascii")  # \u escapes survive as text
     assert payload.notebook_base64 is not None
     try:
         return base64.b64decode(re.sub(r"\s+", "", payload.notebook_base64), validate=True)

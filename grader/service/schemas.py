@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Status = Literal["queued", "running", "graded", "failed"]
 
@@ -30,6 +30,17 @@ class SubmissionIn(BaseModel):
         max_length=2048,
         description="Where to POST the signed result; its host must be allowed by the service.",
     )
+
+    @field_validator("submission_id", "learner_id", "assignment_id", "callback_url")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        """JSON can smuggle lone surrogates (``\\ud800``); they cannot be stored or echoed."""
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+        return value
 
 
 class Accepted(BaseModel):
