@@ -137,7 +137,7 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
     b = Worker(redis_url, tmp_path / "worker-b.log")
     batch = None
     try:
-        wait_for(lambda: a.ready() and b.ready(), 120, "both workers to be ready")
+        wait_for(lambda: a.ready() and b.ready(), 240, "both workers to be ready")
         batch_log = tmp_path / "batch.log"
         batch = subprocess.Popen(
             [*cli(), "grade", str(folder), "--out", str(out), "--broker", redis_url],
@@ -150,11 +150,11 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
             assert batch.poll() is None, batch_log.read_text()[-3000:]
             return db_count(out / "gradebook.sqlite") >= 1 and bool(a.received() - a.succeeded())
 
-        wait_for(a_busy_mid_batch, 150, "worker A to hold a task mid-batch")
+        wait_for(a_busy_mid_batch, 300, "worker A to hold a task mid-batch")
         lost = a.received() - a.succeeded()
         stop(a.proc, signal.SIGKILL)  # the machine is gone: no goodbye, no ack
 
-        batch.wait(timeout=VISIBILITY_TIMEOUT + 120)
+        batch.wait(timeout=VISIBILITY_TIMEOUT + 300)
         assert batch.returncode == 0, batch_log.read_text()[-3000:]
     finally:
         for proc in (batch, a.proc, b.proc):
