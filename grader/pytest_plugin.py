@@ -60,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     notebooks = expand_notebooks(paths)
     rubric_path = config.getoption("rubric")
+    rubric_path = str(Path(rubric_path).resolve()) if rubric_path else None
     try:
         rubric = load_rubric(rubric_path)
     except RubricError as error:
@@ -98,10 +99,7 @@ def expand_notebooks(paths: list[str]) -> list[Path]:
             found.append(path)
         else:
             raise pytest.UsageError(f"--notebook {raw}: no such file or folder")
-    unique: dict[Path, Path] = {}
-    for path in found:
-        unique.setdefault(path.resolve(), path.resolve())
-    return list(unique.values())
+    return list(dict.fromkeys(path.resolve() for path in found))
 
 
 def _points(value: float) -> str:
@@ -127,10 +125,10 @@ class NotebookGrading:
         self.files: list[NotebookFile] = []
         self.pool: ThreadPoolExecutor | None = None
 
-    @pytest.hookimpl
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
         """With --notebook-jobs > 1, start grading every notebook that has a selected item."""
-        if self.jobs < 2:
+        if self.jobs < 2 or session.config.option.collectonly:
             return  # graded lazily, one by one, when their first item runs
         wanted = list(dict.fromkeys(i.parent for i in session.items if isinstance(i, CheckItem)))
         if len(wanted) < 2:
@@ -255,9 +253,12 @@ class NotebookFile(pytest.File):
         for target in (out, Path.cwd() / ".mbgd-feedback" / self.path.stem):
             try:
                 write_reports(result, target)
-            except OSError as error:
+            except OSError as error:  # e.g. a read-only folder: try the next place
                 self.feedback_error = f"{target}: {error.strerror or error}"
                 continue
+            except Exception as error:  # a report bug must not cost the learner the grade
+                self.feedback_error = f"the report could not be drawn ({error})"
+                return
             self.feedback_page = target / "feedback.html"
             return
 

@@ -139,10 +139,21 @@ def load_run(where: Path, ret: int, cli_returncode: int, cli_log: str) -> Plugin
         if report.is_file():
             reports[s["path"]] = json.loads(report.read_text())
     cases = parse_junit(where / "junit.xml", samples)
-    return PluginRun(output, ret, cases, summary, reports, where / "labs", cli_returncode, cli_log)
+    return PluginRun(
+        samples=samples,
+        output=output,
+        ret=ret,
+        cases=cases,
+        summary=summary,
+        cli=reports,
+        labs=where / "labs",
+        cli_returncode=cli_returncode,
+        cli_log=cli_log,
+    )
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * GRADE_TIMEOUT)
 def test_plugin_on_every_sample(pytester, subtests):
     """Grading is slow: one run, then each property as its own subtest."""
     run = grade_every_sample(pytester)
