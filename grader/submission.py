@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,10 @@ def _read_path(path: Path, max_bytes: int) -> tuple[bytes, str]:
     try:
         if path.is_dir():
             raise SubmissionError(f"{path.name or path} is a folder, not a notebook file")
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise SubmissionError(f"{path.name or path} is not a regular file")
+        size = info.st_size
         if size > max_bytes:
             raise SubmissionError(_too_big(size, max_bytes))
         with path.open("rb") as handle:

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,10 @@ def test_nesting_and_paths(tmp_path: Path) -> None:
     assert "nested more than" in rejected(as_bytes(nb))
     assert "no such file" in rejected(tmp_path / "missing.ipynb")
     assert "folder" in rejected(tmp_path)
+    fifo = tmp_path / "pipe.ipynb"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    assert "not a regular file" in rejected(fifo)
+    assert "not a regular file" in rejected("/dev/zero")
     assert "expected notebook bytes" in rejected(42)
     assert "not plain JSON" in rejected({"cells": {1, 2}})
 
