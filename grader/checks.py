@@ -125,7 +125,8 @@ def check_notebook_runs(spec: CheckSpec, facts: Facts) -> CheckResult:
         parts.append("the notebook ran out of memory")
     if execution.fate == "timeout" and not failed:
         parts.append("the notebook ran out of its total time budget")
-    return _result(spec, False, "; ".join(parts).capitalize() + ".")
+    text = "; ".join(parts)
+    return _result(spec, False, text[:1].upper() + text[1:] + ".")
 
 
 def check_present(spec: CheckSpec, facts: Facts) -> CheckResult:
