@@ -101,3 +101,16 @@ def test_not_json_is_rejected_with_a_reason(graded):
     for result in rejected:
         assert result.score == 0 and result.error
         assert all(not c.passed for c in result.checks)
+
+
+@pytest.mark.slow
+def test_a_crash_mid_notebook_is_named_with_its_error_and_later_cells_still_count(graded):
+    result = graded["broken/crash_mid.ipynb"]
+    runs = next(c for c in result.checks if c.id == "notebook.runs")
+    assert not runs.passed
+    assert "NameError" in runs.message and "LOSS_sgd" in runs.message
+    assert result.execution is not None
+    failed = [cell for cell in result.execution.cells if cell.status == "error"]
+    assert len(failed) == 1 and f"cell {failed[0].index} " in runs.message
+    later = [c for c in result.execution.cells if c.index > failed[0].index]
+    assert later and all(c.status == "ok" for c in later)
