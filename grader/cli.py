@@ -100,6 +100,12 @@ def serve(host: str, port: int, db: str | None, broker: str | None, slots: int |
     help="Seconds one notebook may run in total.  [default: 240]",
 )
 @click.option(
+    "--cell-timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help="Seconds one cell may run before it is stopped.  [default: 60]",
+)
+@click.option(
     "--broker",
     metavar="URL",
     help="Send the work to Celery workers (`mbgd-grader worker`) via this Redis URL.",
@@ -119,6 +125,7 @@ def grade(
     integrity: bool,
     require_sandbox: bool,
     timeout: float | None,
+    cell_timeout: float | None,
     broker: str | None,
     learner_from: str,
 ) -> None:
@@ -144,6 +151,8 @@ def grade(
     limits = RunLimits(require_sandbox=require_sandbox)
     if timeout is not None:
         limits = limits.model_copy(update={"total_timeout": timeout})
+    if cell_timeout is not None:
+        limits = limits.model_copy(update={"cell_timeout": cell_timeout})
     options = GradeOptions(rubric_path=rubric, limits=limits, integrity=integrity)
     try:
         options.rubric()
