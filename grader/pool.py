@@ -160,6 +160,7 @@ class KernelPool:
     def _start_locked(self, timeout: float) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
+        self._stop_locked()  # a dead zygote: clear it away before starting a new one
         bwrap = find_bwrap()
         if bwrap is None or os.geteuid() != 0:
             raise PoolUnavailable("the warm pool needs bwrap and root")
@@ -214,22 +215,32 @@ class KernelPool:
 
     def _spawn(self, limits: RunLimits) -> ForkedKernel:
         with self._lock:
-            self._start_locked(START_TIMEOUT)
-            assert self.proc is not None and self.proc.stdin is not None and self.pool_dir
-            kernel = ForkedKernel(limits, self.pool_dir)
             try:
-                self.proc.stdin.write((json.dumps(kernel.request()) + "\n").encode())
-                self.proc.stdin.flush()
-                reply = self._readline(30.0)
-                if not reply.get("ok"):
-                    raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
-                kernel.attach()
-            except (OSError, PoolUnavailable):
-                kernel.cleanup()
-                if self.proc.poll() is not None:
-                    self._stop_locked()
-                raise
-            return kernel
+                return self._spawn_locked(limits)
+            except PoolUnavailable:
+                if self.proc is not None:
+                    raise  # the zygote is alive: this spawn failed, the next may not
+            return self._spawn_locked(limits)  # the zygote had died: once more, restarted
+
+    def _spawn_locked(self, limits: RunLimits) -> ForkedKernel:
+        self._start_locked(START_TIMEOUT)
+        assert self.proc is not None and self.proc.stdin is not None and self.pool_dir
+        kernel = ForkedKernel(limits, self.pool_dir)
+        try:
+            self.proc.stdin.write((json.dumps(kernel.request()) + "\n").encode())
+            self.proc.stdin.flush()
+            reply = self._readline(30.0)
+            if not reply.get("ok"):
+                raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
+            kernel.attach()
+        except (OSError, PoolUnavailable) as exc:
+            kernel.cleanup()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=1)  # a zygote that is going away
+            if self.proc.poll() is not None:
+                self._stop_locked()
+            raise PoolUnavailable(str(exc)) from exc
+        return kernel
 
     async def acquire(self, limits: RunLimits) -> ForkedKernel:
         """A started kernel of its own, forked from the warm zygote."""
@@ -240,9 +251,10 @@ class KernelPool:
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:
                     self.proc.stdin.close()
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(self.proc.pid).children():
-                    child.kill()
+            if self.proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(self.proc.pid).children():
+                        child.kill()
             self.proc.kill()
             self.proc.wait(timeout=10)
             if self.proc.stdout is not None:

@@ -142,6 +142,15 @@ def test_pooled_hostile_cells_end_in_budget(pool: KernelPool, source: str, statu
     assert {p.pid for p in mine} == {pool.proc.pid} | {p.pid for p in zygote_tree}
 
 
+def test_a_dead_zygote_is_replaced(pool: KernelPool) -> None:
+    old = pool.proc.pid
+    for proc in psutil.Process(old).children(recursive=True):
+        proc.kill()
+    ex = execute(new_notebook(cells=[new_code_cell("A = [1]")]), LIMITS, pool=pool)
+    assert ex.fate == "ok" and ex.variables["A"].values == [1.0]
+    assert pool.proc is not None and pool.proc.pid != old and pool.proc.poll() is None
+
+
 def comparable(ex: Execution) -> dict:
     """Everything but timings."""
     data = ex.model_dump(exclude={"seconds", "phases"})
@@ -162,4 +171,3 @@ def test_results_are_identical_with_and_without_the_pool(pool: KernelPool) -> No
     assert default_pool() is None
     assert fresh.fate == "ok" and len(fresh.figures) > 40 and "LOSS20" in fresh.variables
     assert comparable(pooled) == comparable(fresh)
-    assert pooled.phases["kernel_start"] < fresh.phases["kernel_start"] + fresh.phases["probe"]
