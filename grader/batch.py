@@ -232,6 +232,18 @@ async def grade_local(items: list[Item], options: GradeOptions, jobs: int, sink:
     await asyncio.gather(*(worker() for _ in range(max(1, min(jobs, len(items))))))
 
 
+def _write_reports(
+    submission: str, result: GradeResult, folder: Path, outcome: BatchOutcome
+) -> None:
+    """Reports for one submission; a failure here is the grader's, and must not stop the batch."""
+    from grader.report import write_reports
+
+    try:
+        write_reports(result, folder)
+    except Exception as error:  # noqa: BLE001
+        outcome.harness_errors.append(f"{submission}: writing its reports failed: {error!r}")
+
+
 def run_batch(
     paths: Sequence[Path],
     out: Path,
@@ -244,8 +256,6 @@ def run_batch(
     on_result: Callable[[Item, GradeResult], None] | None = None,
 ) -> BatchOutcome:
     """Grade everything under `paths` into `out`; resumable, see the module docstring."""
-    from grader.report import write_reports
-
     items = discover(paths, learner_from)
     out.mkdir(parents=True, exist_ok=True)
     with Gradebook(out / "gradebook.sqlite") as book:
@@ -259,14 +269,17 @@ def run_batch(
         for row in book.rows({i.submission for i in items if i.submission not in todo}):
             outcome.results[row.submission] = row.result
             outcome.skipped += 1
-            if not (out / row.report_dir / "results.json").exists():
-                write_reports(row.result, out / row.report_dir)
+            report_dir = out / row.report_dir
+            if not all((report_dir / f).exists() for f in ("results.json", "feedback.html")):
+                # Graded, then killed before its reports were written: write them now.
+                _write_reports(row.submission, row.result, report_dir, outcome)
         if on_start:
             on_start(len(items), outcome.skipped)
 
         def sink(item: Item, result: GradeResult, persist: bool) -> None:
             if persist:
-                write_reports(result, out / item.report_dir)
+                # The grade first: it is what is expensive to redo. Missing reports are
+                # rewritten from the gradebook on the next run.
                 book.put(
                     submission=item.submission,
                     learner=item.learner,
@@ -277,6 +290,7 @@ def run_batch(
                     result=result,
                 )
                 outcome.graded += 1
+                _write_reports(item.submission, result, out / item.report_dir, outcome)
             else:
                 outcome.harness_errors.append(f"{item.submission}: {result.error}")
             outcome.results[item.submission] = result
