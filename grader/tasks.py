@@ -123,9 +123,12 @@ def _decode(item, meta: dict) -> tuple[GradeResult, bool]:  # noqa: ANN001
     """(result, persist) from a finished task's meta; harness failures are not persisted."""
     from grader.batch import harness_error
 
-    if meta["status"] == "SUCCESS":
-        return GradeResult.model_validate(meta["result"]), True
     error = meta.get("result")
+    if meta["status"] == "SUCCESS":
+        try:
+            return GradeResult.model_validate(error), True
+        except ValueError as invalid:  # a worker running another grader version
+            return harness_error(item, invalid), False
     if isinstance(error, TimeLimitExceeded):
         result = GradeResult(
             submission=item.submission,
