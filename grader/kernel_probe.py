@@ -31,15 +31,17 @@ from __future__ import annotations
 import json
 import sys
 import types
+from hashlib import sha1
 from typing import Any
 
 MAX_VALUES = 10_000  # values kept per variable or plotted line
-MAX_SCAN = 100_000  # elements of a Python list we are willing to look at
+MAX_SCAN = 100_000  # Python-level elements we are willing to visit per variable per cell
 MAX_CANDIDATES = 200  # variables reported per cell
 MAX_LINES = 50  # lines per axes
 MAX_AXES = 20  # axes per figure
 MAX_FIGURES = 500  # figures per run
 HIDDEN = {"In", "Out", "exit", "quit", "get_ipython"}
+Flat = tuple[list[float], int]
 PLOT_METHODS = (
     "plot",
     "scatter",
@@ -92,30 +94,38 @@ def install(mime: str, seed_override: int | None) -> None:
         torch = sys.modules.get("torch")
         return getattr(torch, "Tensor", None) if torch is not None else None
 
-    def floats(obj: Any, depth: int = 0) -> tuple[list[float], int] | None:
-        """Flatten obj into at most MAX_VALUES floats plus its real element count, or None."""
+    def floats(obj: Any, depth: int = 0, left: list[int] | None = None) -> Flat | None:
+        """Flatten obj into at most MAX_VALUES floats plus its real element count, or None.
+
+        `left` bounds the Python-level elements visited, so a huge nested list costs a
+        bounded time after every cell instead of stalling the learner's notebook.
+        """
+        left = left if left is not None else [MAX_SCAN]
         tensor = tensor_type()
         if tensor is not None and isinstance(obj, tensor):
             t = obj.detach()
             if t.is_complex():
                 return None
-            n = t.numel()
-            return [float(v) for v in t.reshape(-1)[:MAX_VALUES].double().cpu().tolist()], n
+            return t.reshape(-1)[:MAX_VALUES].double().cpu().tolist(), t.numel()
         if np is not None and isinstance(obj, np.ndarray | np.generic):
             arr = np.asarray(obj)
             if arr.dtype.kind not in "biuf":
                 return None
             return arr.reshape(-1)[:MAX_VALUES].astype(float).tolist(), int(arr.size)
         if isinstance(obj, bool | int | float) and depth > 0:
+            left[0] -= 1
             return [float(obj)], 1
         if isinstance(obj, list | tuple) and depth < 3:
-            if len(obj) > MAX_SCAN:
-                head = floats(list(obj[:MAX_VALUES]), depth)
+            if depth == 0 and len(obj) > MAX_SCAN:  # a long list: its head, its real length
+                head = floats(list(obj[:MAX_VALUES]), depth, left)
                 return (head[0], len(obj)) if head else None
             out: list[float] = []
             total = 0
             for item in obj:
-                got = floats(item, depth + 1)
+                left[0] -= 1
+                if left[0] < 0:
+                    return None  # too big to be an answer worth reading every cell
+                got = floats(item, depth + 1, left)
                 if got is None:
                     return None
                 total += got[1]
@@ -125,11 +135,22 @@ def install(mime: str, seed_override: int | None) -> None:
             return out, total
         return None
 
+    def array_digest(obj: Any) -> str | None:
+        """A cheap fingerprint of a tensor or array (shape, dtype, first values' bytes)."""
+        tensor = tensor_type()
+        if tensor is not None and isinstance(obj, tensor):
+            head = obj.detach().reshape(-1)[:MAX_VALUES]
+            raw = head.double().cpu().numpy().tobytes() if not head.is_complex() else b""
+            meta = f"T{tuple(obj.shape)}{obj.dtype}"
+        elif np is not None and isinstance(obj, np.ndarray):
+            raw = obj.reshape(-1)[:MAX_VALUES].tobytes()
+            meta = f"A{obj.shape}{obj.dtype}"
+        else:
+            return None
+        return meta + sha1(raw).hexdigest()
+
     def type_name(obj: Any) -> str:
         return type(obj).__name__[:40]
-
-    def fingerprint(obj: Any, vals: list[float], n: int) -> str:
-        return dumps([type_name(obj), n, vals], allow_nan=True)
 
     # ---- variables ------------------------------------------------------------------------
     def scan_variables() -> None:
@@ -140,17 +161,21 @@ def install(mime: str, seed_override: int | None) -> None:
             if name.startswith("_") or name in HIDDEN or len(seen) >= MAX_CANDIDATES:
                 continue
             try:
+                fp = array_digest(obj)
+                if fp is not None and fps.get(name) == fp:
+                    seen.add(name)  # unchanged array: no need to read its values again
+                    continue
                 got = floats(obj)
+                if got is None:
+                    continue
+                if fp is None:
+                    fp = dumps([type_name(obj), got[1], got[0]], allow_nan=True)
             except Exception:
-                got = None
-            if got is None:
                 continue
             seen.add(name)
-            vals, n = got
-            fp = fingerprint(obj, vals, n)
             if fps.get(name) != fp:
                 fps[name] = fp
-                changed[name] = {"type_name": type_name(obj), "values": vals, "length": n}
+                changed[name] = {"type_name": type_name(obj), "values": got[0], "length": got[1]}
         deleted = [name for name in fps if name not in seen]
         for name in deleted:
             del fps[name]

@@ -66,6 +66,13 @@ plt.subplot(122)
 plt.plot([1, 2, 3])
 """
 
+BIG = """\
+BIG = np.arange(25_000)
+LONG = list(range(150_000))
+NESTED = [[1.5] * 1000] * 1000
+LOSS_BGD.append(LOSS_BGD[-1])
+del f
+"""
 PATCHES = """\
 import builtins
 plt.show = plt.close = lambda *a, **k: None
@@ -87,7 +94,7 @@ def lab_like_notebook() -> nbformat.NotebookNode:
             new_code_cell("torch.ones(2) @ torch.ones(3)"),  # 5: error through torch
             new_code_cell("%matplotlib inline\nSPECIAL = [1, float('nan'), float('inf')]"),  # 6
             new_code_cell(""),  # 7: empty, not run
-            new_code_cell("BIG = np.arange(25_000)\nLOSS_BGD.append(LOSS_BGD[-1])\ndel f"),  # 8
+            new_code_cell(BIG),  # 8
             new_code_cell("def g():\n    raise ValueError('deep')\ndef h():\n    g()\nh()"),  # 9
             new_code_cell("plt.plot([0, 1], [1, 0])\nAFTER = (1, 2)"),  # 10
             new_code_cell(PATCHES),  # 11
@@ -166,6 +173,8 @@ def test_variables_are_data_with_their_cell(lab_run) -> None:
     assert "f" not in v  # deleted in cell 8
     assert v["BIG"].length == 25_000 and len(v["BIG"].values) == 10_000
     assert v["BIG"].values[:3] == [0.0, 1.0, 2.0]
+    assert v["LONG"].length == 150_000 and v["LONG"].values[-1] == 9_999.0
+    assert "NESTED" not in v  # a million Python numbers: not read after every cell
     special = v["SPECIAL"].values
     assert special[0] == 1.0 and math.isnan(special[1]) and special[2] == math.inf
     assert v["AFTER"].type_name == "tuple" and v["AFTER"].cell == 10
