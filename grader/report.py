@@ -154,6 +154,7 @@ def feedback_html(result: GradeResult) -> str:
         notes=result.execution.notes if result.execution else [],
         percent=(100 * result.score / result.max_score) if result.max_score > 0 else 0,
         full_marks=result.max_score > 0 and result.score >= result.max_score,
+        all_passed=bool(result.checks) and all(c.passed for c in result.checks),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
