@@ -99,7 +99,8 @@ def draw_curves(
     _style_axes(left, "Your LOSS20 and the expected one")
     if ANSWER_KEY in refs:
         xs, ys = _positive_points(refs[ANSWER_KEY].y)
-        left.plot(xs, ys, "--", color="#444444", lw=2, label="expected (batch size 20)")
+        # drawn over the learner's line, so that a perfect match still shows both
+        left.plot(xs, ys, "--", color="#222222", lw=1.6, zorder=3, label="expected (batch size 20)")
     if answer is not None:
         xs, ys = _positive_points(answer.y)
         left.plot(
@@ -118,17 +119,21 @@ def draw_curves(
     if left.lines:
         left.legend(fontsize=9, frameon=False)
 
-    _style_axes(right, "All methods: yours (solid) and reference (dashed)")
+    _style_axes(right, "All methods: yours (thick) and reference (dashed)")
     spare = iter(FALLBACK_COLOURS)
     colours = {key: PALETTE.get(key) or next(spare, "#7f7f7f") for key in refs}
     for key, curve in refs.items():
         xs, ys = _positive_points(curve.y)
-        right.plot(xs, ys, "--", color=colours[key], lw=1.5, alpha=0.6, label=clean_label(key))
+        right.plot(
+            xs, ys, "--", color=colours[key], lw=1.4, alpha=0.9, zorder=3, label=clean_label(key)
+        )
     mine = [(ANSWER_KEY, answer)] if answer is not None else []
     for key, curve in mine + others:
         xs, ys = _positive_points(curve.y)
         colour = colours.get(key, "#000000")
-        right.plot(xs, ys, "-", color=colour, lw=1.8, marker=".", label=clean_label(curve.label))
+        right.plot(
+            xs, ys, "-", color=colour, lw=3, alpha=0.45, zorder=2, label=clean_label(curve.label)
+        )
     if right.lines:
         right.legend(fontsize=8, frameon=False, ncol=2)
     return fig
