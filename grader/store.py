@@ -9,6 +9,7 @@ under, so a re-run skips what is unchanged and re-grades a changed notebook.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,10 +84,6 @@ class Gradebook:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def keys(self) -> dict[str, str]:
-        """submission id -> key of its stored grade."""
-        return dict(self._db.execute("SELECT submission, key FROM submissions"))
-
     def put(
         self,
         *,
@@ -117,12 +114,14 @@ class Gradebook:
                     result.integrity,
                     result.seconds,
                     now,
-                    result.model_dump_json(),
+                    # json.dumps keeps NaN and Infinity (a learner's loss can be either);
+                    # pydantic's JSON would turn them into null and fail to read back.
+                    json.dumps(result.model_dump()),
                 ),
             )
 
     def rows(self, submissions: Iterable[str] | None = None) -> list[Row]:
-        """Stored rows, in submission order; only the given submissions when asked."""
+        """Stored rows that can be read, in submission order; only the given ones when asked."""
         cursor = self._db.execute(
             "SELECT submission, learner, source, report_dir, key, sha256, graded_at, result "
             "FROM submissions ORDER BY submission"
@@ -131,6 +130,10 @@ class Gradebook:
         rows = []
         for sub, learner, source, report_dir, key, sha, graded_at, result in cursor:
             if wanted is not None and sub not in wanted:
+                continue
+            try:
+                parsed = GradeResult.model_validate_json(result)
+            except ValueError:  # written by another grader version: grade it again
                 continue
             rows.append(
                 Row(
@@ -141,7 +144,7 @@ class Gradebook:
                     key=key,
                     sha256=sha,
                     graded_at=graded_at,
-                    result=GradeResult.model_validate_json(result),
+                    result=parsed,
                 )
             )
         return rows

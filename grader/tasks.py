@@ -108,7 +108,9 @@ def grade_task(self, name: str, notebook_b64: str, options_json: str) -> dict:  
         )
     if result.execution is not None and result.execution.fate == "not_started":
         raise InfrastructureError(f"kernel did not start: {result.error or result.diagnosis}")
-    return result.model_dump(mode="json")
+    # Python mode keeps NaN and Infinity as floats; the JSON serializer writes them as the
+    # NaN/Infinity constants, which json mode would have turned into null.
+    return result.model_dump()
 
 
 # -- batch side ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.batch import BatchError, discover
+from grader.models import Curve, GradeResult
+from grader.store import Gradebook
 from reference import expected, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -435,6 +438,22 @@ def test_integrity_flags_copied_numbers_and_keeps_the_seed_secret(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0
     assert "0 graded now, 2 unchanged" in again.stderr
+
+
+def test_gradebook_round_trips_nan_and_replaces_a_regraded_row(tmp_path):
+    curve = Curve(label="LOSS20", y=[float("nan"), float("inf"), 1.0])
+    first = GradeResult(
+        submission="a", status="graded", score=1, max_score=10, learner_curves=[curve]
+    )
+    row = dict(submission="a", learner="a", source="a.ipynb", report_dir="a", sha256="0" * 64)
+    with Gradebook(tmp_path / "gradebook.sqlite") as book:
+        book.put(**row, key="k1", result=first)
+        (stored,) = book.rows()
+        assert stored.key == "k1" and math.isnan(stored.result.learner_curves[0].y[0])
+        assert stored.result.learner_curves[0].y[1] == math.inf
+        book.put(**row, key="k2", result=first.model_copy(update={"score": 7.0}))
+        (stored,) = book.rows()
+        assert (stored.key, stored.result.score, book.count()) == ("k2", 7.0, 1)
 
 
 def test_discover_names_learners_and_report_folders(tmp_path):

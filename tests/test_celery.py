@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from tests.test_batch import cli, db_count, quick_notebook, read_csv
+from tests.test_batch import SAMPLES, cli, db_count, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +132,8 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
     variants = ["correct"] * 4 + ["stale_loader"] * 2 + ["crash", "not_json"]
     for k, variant in enumerate(variants):
         (folder / f"{variant}_{k}.ipynb").write_bytes(quick_notebook(variant, f"celery-{k}"))
+    # NaN must survive the trip through Celery's JSON and the gradebook.
+    shutil.copy(SAMPLES / "hostile" / "nan_loss20.ipynb", folder / "nan_loss20.ipynb")
     out = tmp_path / "reports"
     a = Worker(redis_url, tmp_path / "worker-a.log")
     b = Worker(redis_url, tmp_path / "worker-b.log")
@@ -162,7 +164,9 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
                 stop(proc)
 
     rows = {r["submission"]: r for r in read_csv(out / "gradebook.csv")}
-    assert len(rows) == len(variants) == db_count(out / "gradebook.sqlite")
+    assert len(rows) == len(variants) + 1 == db_count(out / "gradebook.sqlite")
+    nan = rows["nan_loss20"]
+    assert (nan["status"], nan["score"], nan["diagnosis"]) == ("graded", "1", "not_finite")
     for k, variant in enumerate(variants):
         row = rows[f"{variant}_{k}"]
         if variant == "correct":
