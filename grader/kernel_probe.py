@@ -74,6 +74,12 @@ def install(mime: str, seed_override: int | None) -> None:
     get_fignums = plt.get_fignums
     get_figure = plt.figure
     axes_class = matplotlib.axes.Axes
+    import matplotlib.lines
+
+    # Captured now, so a learner who patches Line2D/Axes getters later cannot forge the data.
+    line_class = matplotlib.lines.Line2D
+    line_x, line_y, line_label = line_class.get_xdata, line_class.get_ydata, line_class.get_label
+    axes_lines = axes_class.get_lines
     np = sys.modules.get("numpy")
 
     def send(kind: str, payload: dict[str, Any]) -> None:
@@ -188,9 +194,9 @@ def install(mime: str, seed_override: int | None) -> None:
 
     def record_axes(ax: Any) -> dict[str, Any]:
         lines = []
-        for line in list(ax.get_lines())[:MAX_LINES]:
-            label = text(line.get_label())
-            xy = [floats(list(line.get_xdata()), 1), floats(list(line.get_ydata()), 1)]
+        for line in list(axes_lines(ax))[:MAX_LINES]:
+            label = text(line_label(line))
+            xy = [floats(list(line_x(line)), 1), floats(list(line_y(line)), 1)]
             lines.append(
                 {
                     "label": "" if label.startswith("_") else label,
