@@ -97,6 +97,7 @@ class ForkedKernel(SandboxedKernel):
         return {
             "workdir": str(self.workdir),
             "uid": self.uid,
+            "disk_mb": self.limits.disk_mb,
             "rlimits": rlimits(self.limits, with_nproc=True),
             "env": kernel_env(self.workdir),
             "argv": ["-f", str(self.workdir / "kernel.json"), *KERNEL_ARGS],
@@ -168,6 +169,7 @@ class KernelPool:
         self.pool_dir.chmod(0o700)
         home = self.pool_dir / "zygote"
         (home / ".mpl").mkdir(parents=True)
+        (home / "home").mkdir()
         cache = mpl_cache()
         if cache is not None:
             for item in cache.glob("fontlist-*.json"):
@@ -175,7 +177,13 @@ class KernelPool:
         self._log = self.pool_dir / "zygote.log"
         env = kernel_env(home)
         argv = bwrap_argv(
-            bwrap, self.pool_dir, env, uid=None, caps=ZYGOTE_CAPS, die_with_parent=False
+            bwrap,
+            self.pool_dir,
+            env,
+            uid=None,
+            disk_mb=None,
+            caps=ZYGOTE_CAPS,
+            die_with_parent=False,
         )
         config = json.dumps({"modules": self.modules})
         argv += [sys.executable, "-c", _SOURCE, config]

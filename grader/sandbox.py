@@ -57,6 +57,7 @@ class RunLimits(BaseModel):
     max_processes: int = 256
     max_file_mb: int = 64
     cpu_seconds: int = 300
+    disk_mb: int = 256  # size of the kernel's home (its cwd) and of its /tmp, each
     require_sandbox: bool = False  # no bwrap -> SandboxUnavailable instead of running
 
 
@@ -111,7 +112,7 @@ def kernel_env(workdir: Path) -> dict[str, str]:
     """The kernel's whole environment: an allowlist, nothing inherited from the harness."""
     return {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(workdir),
+        "HOME": str(workdir / "home"),
         "USER": "learner",
         "LOGNAME": "learner",
         "LANG": "C.UTF-8",
@@ -119,7 +120,7 @@ def kernel_env(workdir: Path) -> dict[str, str]:
         "TMPDIR": "/tmp",
         "MPLBACKEND": "Agg",
         "MPLCONFIGDIR": str(workdir / ".mpl"),
-        "IPYTHONDIR": str(workdir / ".ipython"),
+        "IPYTHONDIR": str(workdir / "home" / ".ipython"),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -196,13 +197,15 @@ def bwrap_argv(
     env: dict[str, str],
     *,
     uid: int | None,
+    disk_mb: int | None,
     caps: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID"),
     die_with_parent: bool = True,
 ) -> list[str]:
     """bubblewrap options (and setpriv to `uid` when given) up to the command it runs.
 
     As root, `caps` are kept for the command (setpriv needs SETUID/SETGID); not as root, an
-    unprivileged user namespace is used instead and `uid` must be None.
+    unprivileged user namespace is used instead and `uid` must be None. With `disk_mb`,
+    /tmp and `<workdir>/home` (the kernel's cwd) are tmpfs of that size.
     """
     argv = [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--unshare-cgroup-try", "--new-session", "--hostname", "mbgd"]
@@ -219,7 +222,8 @@ def bwrap_argv(
             argv += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
         elif os.path.isdir(f"/{name}"):
             argv += ["--ro-bind", f"/{name}", f"/{name}"]
-    argv += ["--perms", "1777", "--tmpfs", "/tmp"]
+    size = ["--size", str(disk_mb << 20)] if disk_mb else []
+    argv += ["--perms", "1777", *size, "--tmpfs", "/tmp"]
     made = {"/", "/tmp", "/usr", "/proc", "/dev"}
     for path in [*ro_binds(), str(workdir)]:
         parents = list(Path(path).parents)[::-1][1:]  # bwrap would create these 0700
@@ -230,7 +234,10 @@ def bwrap_argv(
         bind = "--bind" if path == str(workdir) else "--ro-bind"
         argv += [bind, path, path]
         made.add(path)
-    argv += ["--clearenv", "--chdir", str(workdir)]
+    home = workdir / "home" if disk_mb else workdir
+    if disk_mb:
+        argv += ["--perms", "0777", *size, "--tmpfs", str(home)]
+    argv += ["--clearenv", "--chdir", str(home)]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     if uid is not None:
@@ -303,11 +310,12 @@ class SandboxedKernel:
         if cache is not None:
             for item in cache.glob("fontlist-*.json"):
                 shutil.copy(item, mpl / item.name)
+        (work / "home").mkdir()
         conn = work / "kernel.json"
         conn.write_text(json.dumps(self.connection))
         conn.chmod(0o644)
         if self.uid is not None:
-            for path in (work, mpl, *mpl.iterdir()):
+            for path in (work, work / "home", mpl, *mpl.iterdir()):
                 os.chown(path, self.uid, self.uid)
         work.chmod(0o700)
         # stderr goes to a file we keep open: read back through our fd, never by path.
@@ -321,7 +329,8 @@ class SandboxedKernel:
         inner = [sys.executable, "-c", LAUNCHER, json.dumps(limits), "-f", str(conn)]
         inner += KERNEL_ARGS
         if self.bwrap:
-            return [*bwrap_argv(self.bwrap, work, env, uid=self.uid), *inner]
+            argv = bwrap_argv(self.bwrap, work, env, uid=self.uid, disk_mb=self.limits.disk_mb)
+            return [*argv, *inner]
         return inner
 
     def start(self) -> None:
@@ -335,10 +344,24 @@ class SandboxedKernel:
             stdout=self._log_fd,
             stderr=self._log_fd,
             env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            cwd=self.workdir,
+            cwd=self.workdir / "home",
             start_new_session=True,
             close_fds=True,
         )
+
+    def seal(self) -> None:
+        """Once the kernel has bound its sockets and imported pyplot: take the work dir back.
+
+        From then on the kernel can write only to its size-limited home and /tmp, not to the
+        host work dir (sockets, connection file, log, font cache), so it cannot fill the disk.
+        Needs a uid of its own (root); rlimits-only and user-namespace kernels keep the dir.
+        """
+        if self.uid is None:
+            return
+        mpl = self.workdir / ".mpl"
+        for path in (self.workdir, mpl, *mpl.iterdir()):
+            os.chown(path, 0, 0, follow_symlinks=False)
+        self.workdir.chmod(0o711)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -9,8 +9,9 @@ request per stdin line: spawn a kernel.
 A spawn forks an intermediate process that unshares new mount, network, ipc, uts and pid
 namespaces and forks the kernel, which is pid 1 of its own pid namespace. Before any learner
 code runs, the kernel:
-- makes its mounts private, mounts a fresh tmpfs over /tmp (hiding the pool dir and every
-  sibling's work dir), binds back only its own work dir, mounts a /proc of its own pid ns;
+- makes its mounts private, mounts a fresh size-limited tmpfs over /tmp (hiding the pool dir
+  and every sibling's work dir), binds back only its own work dir, mounts a size-limited
+  tmpfs as its home (cwd) in it and a /proc of its own pid ns;
 - closes every inherited descriptor (the zygote's pipes included), sends stdio to its log;
 - sets rlimits, rebuilds the environment from the allowlist it was sent, reseeds `random`
   and numpy's global RNG;
@@ -84,10 +85,13 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     mount("none", "/", None, MS_REC | MS_PRIVATE, None)
     keep = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    size = f"size={int(req['disk_mb'])}m"
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
     os.makedirs(workdir, mode=0o755)
     mount(f"/proc/self/fd/{keep}", workdir, None, MS_BIND, None)
     os.close(keep)
+    home = os.path.join(workdir, "home")
+    mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,uid={uid},gid={uid},{size}")
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     libc.sethostname(b"mbgd", 4)
 
@@ -105,7 +109,7 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
         resource.setrlimit(getattr(resource, name), (value, value))
     os.environ.clear()
     os.environ.update(req["env"])
-    os.chdir(workdir)
+    os.chdir(home)
     random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None:

@@ -54,7 +54,7 @@ for path in ('/tmp/leak.txt', 'leak.txt', os.path.expanduser('~/.leak')):
     open(path, 'w').write('from the first learner')
 threading.Thread(target=time.sleep, args=(1000,), name='leftover', daemon=False).start()
 subprocess.Popen(['sleep', '1000'], start_new_session=True)
-WD = [ord(c) for c in os.getcwd()]
+WD = [ord(c) for c in os.path.dirname(os.getcwd())]
 UID = [os.getuid()]
 """
 BREAKS_THE_KERNEL = (
@@ -79,7 +79,8 @@ assert not os.path.exists('leak.txt') and not os.path.exists(os.path.expanduser(
 assert 'leftover' not in [t.name for t in threading.enumerate()]
 cmdlines = [open(f'/proc/{{p}}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()]
 assert not [c for c in cmdlines if c.startswith(b'sleep')], cmdlines
-assert os.listdir(os.path.dirname(os.getcwd())) == [os.path.basename(os.getcwd())]
+work = os.path.dirname(os.getcwd())  # cwd is <work dir>/home
+assert os.listdir(os.path.dirname(work)) == [os.path.basename(work)]  # no siblings
 UID = [os.getuid()]
 """
 
@@ -112,7 +113,8 @@ def test_pooled_kernels_keep_the_sandbox_walls(pool: KernelPool) -> None:
     try:
         cells = probe_cells(listener.port, [secret])
         nb = new_notebook(cells=[new_code_cell(src) for src in cells.values()])
-        ex = execute(nb, RunLimits(cell_timeout=20, memory_mb=1536, max_file_mb=8), pool=pool)
+        limits = RunLimits(cell_timeout=20, memory_mb=1536, max_file_mb=8, disk_mb=16)
+        ex = execute(nb, limits, pool=pool)
     finally:
         del os.environ["MBGD_TEST_SECRET"]
         secret.unlink()
@@ -123,6 +125,7 @@ def test_pooled_kernels_keep_the_sandbox_walls(pool: KernelPool) -> None:
     assert status["loopback"] == status["read_0"] == status["write_system"] == "error"
     assert listener.accepted == []
     assert status["file_size"] == status["memory"] == "error"
+    assert status["disk_full"] == status["tmp_full"] == status["host_dir"] == "error"
     assert ex.variables["LIMITS"].values[0] == 1536 << 20
 
 

@@ -23,7 +23,7 @@ needs_bwrap = pytest.mark.skipif(
     grader.sandbox.find_bwrap() is None, reason="bwrap (bubblewrap) is not installed"
 )
 PROJECT = Path(__file__).resolve().parents[1]
-LIMITS = RunLimits(cell_timeout=20, total_timeout=60, memory_mb=1536, max_file_mb=8)
+LIMITS = RunLimits(cell_timeout=20, total_timeout=60, memory_mb=1536, max_file_mb=8, disk_mb=16)
 
 
 class Listener:
@@ -79,6 +79,11 @@ def probe_cells(port: int, secret_files: list[Path]) -> dict[str, str]:
         "write_system": "open('/usr/mbgd-owned', 'w')",
         "write_workdir": "open('mine.txt', 'w').write('x' * 100)\nWROTE = [1]",
         "file_size": "open('big.bin', 'wb').write(b'0' * (9 << 20))",
+        "disk_full": ("for i in range(4):\n    open(f'part{i}.bin', 'wb').write(b'0' * (7 << 20))"),
+        "tmp_full": (
+            "for i in range(4):\n    open(f'/tmp/part{i}.bin', 'wb').write(b'0' * (7 << 20))"
+        ),
+        "host_dir": ("import os\nopen(os.path.join(os.path.dirname(os.getcwd()), 'x.bin'), 'wb')"),
         "processes": (
             "import os\nPIDS = [int(p) for p in os.listdir('/proc') if p.isdigit()]\n"
             "assert len(PIDS) < 10, PIDS"
@@ -167,6 +172,12 @@ def test_rlimits_are_in_force(walls) -> None:
     if os.geteuid() == 0:
         assert nproc == LIMITS.max_processes
     assert cell["file_size"].status == "error"  # 9 MB > max_file_mb
+    for name in ("disk_full", "tmp_full"):  # 28 MB > disk_mb in home (cwd) and /tmp
+        assert cell[name].status == "error" and "No space left" in cell[name].error_value
+    if os.geteuid() == 0:  # the host work dir is taken back once the kernel is up
+        assert (
+            cell["host_dir"].status == "error" and cell["host_dir"].error_name == "PermissionError"
+        )
     assert cell["memory"].status == "error" and cell["memory"].error_name == "MemoryError"
     assert "HOG" not in ex.variables
 
