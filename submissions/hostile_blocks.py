@@ -479,9 +479,15 @@ print("connections:", NET)
 """
 
 NET_OUTSIDE = """
-# Reach the internet: a TCP connection to 1.1.1.1:80 and a DNS lookup
+# Reach the internet: a TCP connection to 1.1.1.1:80 and a DNS lookup. Only tried where the
+# kernel sees no network interface but loopback (the sandbox): a kernel that does see one has
+# already escaped, and this sample must never send real traffic off the machine to show it.
 import socket
 NET = []
+interfaces = [name for _, name in socket.if_nameindex() if name != "lo"]
+if interfaces:
+    NET.append("interfaces: " + ",".join(interfaces))
+    raise SystemExit("not sandboxed: refusing to send traffic off the machine")
 try:
     with socket.create_connection(("1.1.1.1", 80), timeout=3) as sock:
         sock.sendall(b"GET / HTTP/1.0\\r\\nHost: mbgd-hostile\\r\\n\\r\\n")
