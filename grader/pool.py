@@ -238,15 +238,19 @@ class KernelPool:
             self.proc.stdin.write((json.dumps(kernel.request()) + "\n").encode())
             self.proc.stdin.flush()
             reply = self._readline(30.0)
+            if not reply:  # no answer: the zygote is gone or wedged, and a late answer
+                self._stop_locked()  # would be read as the next spawn's; start afresh
+                raise PoolUnavailable("the zygote did not answer")
             if not reply.get("ok"):
                 raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
             kernel.attach()
         except (OSError, PoolUnavailable) as exc:
             kernel.cleanup()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=1)  # a zygote that is going away
-            if self.proc.poll() is not None:
-                self._stop_locked()
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=1)  # a zygote that is going away
+                if self.proc.poll() is not None:
+                    self._stop_locked()
             raise PoolUnavailable(str(exc)) from exc
         return kernel
 
