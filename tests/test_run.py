@@ -275,3 +275,41 @@ def test_total_budget_stops_the_notebook() -> None:
     assert [c.status for c in ex.cells] == ["ok", "timeout", "not_run", "not_run"]
     assert ex.fate == "timeout" and ex.fate_cell == 1
     assert any("notebook time limit" in n for n in ex.notes)
+
+
+# ---- the probe channel is untrusted ---------------------------------------------------------
+
+
+def record(mime: str, text: object) -> dict:
+    return {"msg_type": "display_data", "content": {"data": {mime: text}}}
+
+
+def test_probe_reader_accepts_only_valid_json_records_of_this_run() -> None:
+    from grader.probe import MAX_RECORD_BYTES, ProbeReader, new_mime
+
+    mime = new_mime()
+    reader = ProbeReader(mime)
+    assert not reader.wants(record(new_mime(), "{}"))  # another run's MIME type
+    assert not reader.wants({"msg_type": "stream", "content": {"text": "hi"}})
+    good = '{"kind": "variables", "set": {"L": {"type_name": "list", "values": [1, NaN, '
+    good += 'Infinity], "length": 3}}, "deleted": []}'
+    for text in [
+        good,
+        "not json",
+        '{"kind": "pickle", "data": "gASV"}',
+        '{"kind": "variables", "set": {"bad name": {"type_name": "x", "values": [], "length": 0}}}',
+        '{"kind": "variables", "set": {"W": {"type_name": "list", "values": ["a"], "length": 1}}}',
+        '{"kind": "figure", "axes": [{"lines": [{"x": "nope"}]}]}',
+        "[" * 10 + "]" * 10,
+        "x" * (MAX_RECORD_BYTES + 1),
+        42,
+    ]:
+        msg = record(mime, text)
+        assert reader.wants(msg)
+        reader.feed(msg, cell=3)
+    assert set(reader.variables) == {"L"}
+    values = reader.variables["L"].values
+    assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == math.inf
+    assert reader.variables["L"].cell == 3 and reader.figures == []
+    # every text but the first is dropped; the one with a bad name keeps only its good names
+    assert reader.finish() == ["7 probe record(s) were malformed or too large and ignored"]
