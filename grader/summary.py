@@ -137,10 +137,11 @@ class ClassSummary:
 
 
 def _bins(scores: list[float], max_score: float) -> list[Bin]:
-    """One bar per point when the rubric is small and scores whole; ten bars otherwise."""
+    """One bar per whole point when the rubric is small (a score goes to the point below it,
+    so the last bar is exactly full marks); ten equal bars otherwise."""
     top = max([max_score, *scores, 0.0])
-    if top <= 20 and all(float(s).is_integer() for s in scores) and float(top).is_integer():
-        bins = [Bin(f"{k}", k - 0.5, k + 0.5) for k in range(int(top) + 1)]
+    if 0 < top <= 20 and float(top).is_integer():
+        bins = [Bin(f"{k}", k, k + 1) for k in range(int(top) + 1)]
     else:
         width = (top or 1.0) / 10
         bins = [
@@ -151,7 +152,15 @@ def _bins(scores: list[float], max_score: float) -> list[Bin]:
             if b.lo <= s < b.hi or (i == len(bins) - 1 and s >= b.lo):
                 b.count += 1
                 break
+        else:  # negative: a rubric with penalties
+            bins[0].count += 1
     return bins
+
+
+def axis_ticks(peak: int) -> list[int]:
+    """Whole-number ticks from 0 to at least `peak`, at most five of them past zero."""
+    step = max(1, math.ceil(peak / 4))
+    return [step * k for k in range(math.ceil(max(peak, 1) / step) + 1)]
 
 
 def _mistake_title(mistake: str) -> str:
@@ -260,14 +269,15 @@ def summary_html(entries: list[Entry], *, title: str = "Mini-Batch Gradient Desc
     """A self-contained page: inline SVG histogram, one small sorting script, no assets."""
     digest = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode()).digest()).decode()
     summary = summarize(entries)
-    peak = max((b.count for b in summary.bins), default=0)
+    ticks = axis_ticks(max((b.count for b in summary.bins), default=0))
     return (
         _environment()
         .get_template("summary.html.j2")
         .render(
             s=summary,
             title=title,
-            peak=max(peak, 1),
+            ticks=ticks,
+            peak=ticks[-1],
             script=SORT_SCRIPT,
             script_hash=f"sha256-{digest}",
             generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
