@@ -346,3 +346,24 @@ def test_usage_errors_are_clear(pytester):
     bad = pytester.runpytest_subprocess("--notebook", "lab.ipynb", "--rubric", "bad.toml")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--rubric: rubric is not usable*"])
+
+
+def test_collect_only_lists_the_checks_without_grading(pytester):
+    from grader.rubric import load_rubric
+
+    _tiny_notebook(pytester.path / "lab.ipynb")
+    (pytester.path / "more").mkdir()
+    _tiny_notebook(pytester.path / "more" / "other.ipynb")
+    (pytester.path / "more" / ".ipynb_checkpoints").mkdir()
+    _tiny_notebook(pytester.path / "more" / ".ipynb_checkpoints" / "other-checkpoint.ipynb")
+    result = pytester.runpytest_subprocess(
+        "--notebook", "lab.ipynb", "--notebook", "more", "--notebook-jobs", "2",
+        "--collect-only", "-q", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    ids = [check.id for check in load_rubric().checks]
+    lines = result.stdout.lines
+    assert [f"lab.ipynb::{i}" for i in ids] + [f"more/other.ipynb::{i}" for i in ids] == [
+        line for line in lines if "::" in line
+    ]
+    assert not list(pytester.path.rglob("*-feedback"))  # nothing was graded
+    assert not SUMMARY.search(result.stdout.str())  # no points: no notebook ran
