@@ -276,19 +276,24 @@ def feedback_pages_are_written_beside_each_notebook(run: PluginRun) -> None:
 # --- options, on a tiny notebook -------------------------------------------------------
 
 
-def _tiny_notebook(path: Path) -> Path:
+def _tiny_notebook(path: Path, runs_log: Path | None = None) -> Path:
+    """Two cells; with `runs_log` (unsandboxed runs only) each execution appends a line there."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("LOSS20 = [1.0, 2.0, 3.0]"),
         nbformat.v4.new_code_cell("raise RuntimeError('boom in the learner cell')"),
     ]
+    if runs_log is not None:
+        log = f"with open({str(runs_log)!r}, 'a') as log:\n    log.write('ran\\n')"
+        nb.cells.insert(0, nbformat.v4.new_code_cell(log))
     nbformat.write(nb, path)
     return path
 
 
 @pytest.mark.slow
 def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
-    notebook = _tiny_notebook(pytester.path / "my_lab.ipynb")
+    runs_log = pytester.path / "runs.log"
+    notebook = _tiny_notebook(pytester.path / "my_lab.ipynb", runs_log)
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no bwrap, no setpriv
     out = pytester.path / "fb"
     result = pytester.runpytest_subprocess(
@@ -317,7 +322,8 @@ def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
     assert not (pytester.path / "my_lab-feedback").exists()
     assert text.count("ran without a sandbox (rlimits-only") == 1  # said once
     assert "-- details (-vv) --" in text and "boom in the learner cell" in text
-    assert "Cell 1 raised" in text or "cell 1 raised" in text.lower()
+    assert "cell 2 raised runtimeerror" in text.lower()
+    assert runs_log.read_text() == "ran\n"  # three items, one execution of the notebook
 
 
 def test_inactive_without_notebook(pytester):
