@@ -1,37 +1,22 @@
-"""Every sample in submissions/ (but the hostile corpus, graded in its own test) gets the
-verdict its manifest states, through the real pipeline: real kernels, real notebooks."""
+"""Every lab sample in submissions/ (the hostile corpus has its own test) gets the verdict its
+manifest states, graded through the instructors' door: real CLI, real kernels, real notebooks."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
 from grader.models import GradeResult
-from grader.pipeline import GradeOptions, grade_async
-from grader.run import RunLimits
 from reference import mistake_info, mistake_variants
-from tests import manifest
+from tests.conftest import lab_samples
 from tests.manifest import verdict_holds
 
-ROOT = manifest.SUBMISSIONS
-SAMPLES = [s for s in manifest.SAMPLES if not s["path"].startswith("hostile/")]
-OPTIONS = GradeOptions(limits=RunLimits(cell_timeout=20, total_timeout=120))
-
-
-async def _grade_all() -> dict[str, GradeResult]:
-    slots = asyncio.Semaphore(2)
-
-    async def one(sample: dict) -> tuple[str, GradeResult]:
-        async with slots:
-            return sample["path"], await grade_async(ROOT / sample["path"], None, OPTIONS)
-
-    return dict(await asyncio.gather(*(one(s) for s in SAMPLES)))
+SAMPLES = lab_samples()
 
 
 @pytest.fixture(scope="session")
-def graded() -> dict[str, GradeResult]:
-    return asyncio.run(_grade_all())
+def graded(graded_samples) -> dict[str, GradeResult]:
+    assert graded_samples.returncode == 0, graded_samples.log[-3000:]
+    return graded_samples.results
 
 
 def _ids(sample: dict) -> str:
@@ -113,6 +98,6 @@ def test_a_crash_mid_notebook_is_named_with_its_error_and_later_cells_still_coun
     assert "NameError" in runs.message and "LOSS_sgd" in runs.message
     assert result.execution is not None
     failed = [cell for cell in result.execution.cells if cell.status == "error"]
-    assert len(failed) == 1 and f"cell {failed[0].index} " in runs.message
+    assert len(failed) == 1 and f"cell {failed[0].index} " in runs.message.lower()
     later = [c for c in result.execution.cells if c.index > failed[0].index]
     assert later and all(c.status == "ok" for c in later)
