@@ -380,6 +380,16 @@ class ConsoleProgress:
             self._progress = None
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import RedisError
+
+    return (OperationalError, RedisError)
+
+
+BROKER_ERRORS = _broker_errors()
+
+
 def grade_main(
     paths: Sequence[Path],
     out: Path,
@@ -406,6 +416,20 @@ def grade_main(
             on_start=progress.start,
             on_result=progress.advance,
         )
+    except BROKER_ERRORS as error:
+        if not broker:
+            raise
+        from kombu.utils.url import maybe_sanitize_url
+
+        progress.stop()
+        where = maybe_sanitize_url(broker)  # never print a password
+        reason = str(error).rstrip(".")
+        progress.console.print(
+            f"[red]cannot use the broker[/red] {where}: {reason}. Finished grades are saved; "
+            "start redis and the workers (`mbgd-grader worker --broker URL`), then run again.",
+            highlight=False,
+        )
+        return 1
     except KeyboardInterrupt:
         progress.stop()
         progress.console.print(
