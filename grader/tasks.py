@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -88,11 +91,20 @@ def configure(
     retry_jitter=True,
     max_retries=3,
 )
-def grade_task(self, name: str, notebook_b64: str, options_json: str) -> dict:  # noqa: ANN001
+def grade_task(
+    self,  # noqa: ANN001
+    name: str,
+    notebook_b64: str,
+    options_json: str,
+    rubric_toml: str | None = None,
+) -> dict:
     """Grade one notebook; returns the GradeResult as JSON-ready data."""
     from grader.pipeline import GradeOptions, grade
 
     options = GradeOptions.model_validate_json(options_json)
+    if rubric_toml is not None:
+        # The batch's --rubric file is on the batch's machine: it travels as text.
+        options = options.model_copy(update={"rubric_path": str(_local_rubric(rubric_toml))})
     data = base64.b64decode(notebook_b64, validate=True)
     try:
         result = grade(data, name, options)
@@ -111,6 +123,18 @@ def grade_task(self, name: str, notebook_b64: str, options_json: str) -> dict:  
     # Python mode keeps NaN and Infinity as floats; the JSON serializer writes them as the
     # NaN/Infinity constants, which json mode would have turned into null.
     return result.model_dump()
+
+
+def _local_rubric(text: str) -> Path:
+    """The rubric text as a file on this worker, named by its content (written once)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    path = Path(tempfile.gettempdir()) / f"mbgd-rubric-{digest}.toml"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".toml")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    return path
 
 
 # -- batch side ------------------------------------------------------------------------------
@@ -151,6 +175,9 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
     configure(broker_url, total_timeout=options.limits.total_timeout)
     soft, hard = task_budget(options.limits.total_timeout, options.integrity)
     options_json = options.model_dump_json()
+    rubric_toml = None
+    if options.rubric_path:
+        rubric_toml = Path(options.rubric_path).read_text(encoding="utf-8")
     by_id = {task_id(i.submission, i.key): i for i in items}
     backend = app.backend
     waiting = list(reversed(list(by_id)))
@@ -180,7 +207,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
             notebook = base64.b64encode(item.read()).decode("ascii")
             app.send_task(
                 TASK_NAME,
-                args=(item.submission, notebook, options_json),
+                args=(item.submission, notebook, options_json, rubric_toml),
                 task_id=tid,
                 soft_time_limit=soft,
                 time_limit=hard,

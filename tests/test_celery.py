@@ -20,7 +20,7 @@ import psutil
 import pytest
 import redis
 
-from tests.test_batch import SAMPLES, cli, db_count, quick_notebook, read_csv
+from tests.test_batch import ROOT, SAMPLES, cli, db_count, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +134,12 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
         (folder / f"{variant}_{k}.ipynb").write_bytes(quick_notebook(variant, f"celery-{k}"))
     # NaN must survive the trip through Celery's JSON and the gradebook.
     shutil.copy(SAMPLES / "hostile" / "nan_loss20.ipynb", folder / "nan_loss20.ipynb")
+    # An instructor's rubric (values worth 6, not 5): it travels to the workers as text.
+    rubric = tmp_path / "rubric.toml"
+    default = (ROOT / "grader" / "default_rubric.toml").read_text()
+    reweighted = re.sub(r'(id = "loss20.values"\n[^\n]*\npoints = )5', r"\g<1>6", default)
+    assert reweighted != default
+    rubric.write_text(reweighted)
     out = tmp_path / "reports"
     a = Worker(redis_url, tmp_path / "worker-a.log")
     b = Worker(redis_url, tmp_path / "worker-b.log")
@@ -142,7 +148,8 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
         wait_for(lambda: a.ready() and b.ready(), 240, "both workers to be ready")
         batch_log = tmp_path / "batch.log"
         batch = subprocess.Popen(
-            [*cli(), "grade", str(folder), "--out", str(out), "--broker", redis_url],
+            [*cli(), "grade", str(folder), "--out", str(out), "--broker", redis_url]
+            + ["--rubric", str(rubric)],
             stdout=batch_log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -169,8 +176,9 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
     assert (nan["status"], nan["score"], nan["diagnosis"]) == ("graded", "1", "not_finite")
     for k, variant in enumerate(variants):
         row = rows[f"{variant}_{k}"]
+        assert row["max_score"] == "11", row
         if variant == "correct":
-            assert row["status"] == "graded" and row["score"] == row["max_score"], row
+            assert row["status"] == "graded" and row["score"] == "11", row
         elif variant == "stale_loader":
             assert row["diagnosis"] == "batch_size_10", row
         elif variant == "crash":
