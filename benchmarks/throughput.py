@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -170,6 +171,7 @@ def main() -> None:
         print(f"  {name:14} {value:7.3f}")
     same = {summary_of(r) for r in outcomes[1] + outcomes[2]}
     print(f"\nidentical results across (b) and (c): {'yes' if len(same) == 1 else 'NO'} {same}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
