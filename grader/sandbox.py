@@ -171,6 +171,40 @@ class UidLease:
             self._fd = -1
 
 
+_swept = threading.Event()
+
+
+def sweep_stale_workdirs(force: bool = False) -> list[Path]:
+    """Delete `/tmp/mbgd-<uid>-*` work dirs whose uid nobody holds (a harness killed hard).
+
+    Once per process unless forced. Safe against concurrent harnesses: a dir is removed only
+    while we hold its uid's lease lock, and a live kernel's owner holds that lock throughout.
+    """
+    if _swept.is_set() and not force:
+        return []
+    _swept.set()
+    removed = []
+    for path in Path("/tmp").glob("mbgd-[0-9]*-*"):
+        uid = path.name.split("-")[1]
+        if not uid.isdigit() or not UID_BASE <= int(uid) < UID_BASE + UID_SLOTS:
+            continue
+        lock = LOCK_DIR / uid
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _uid_has_processes(int(uid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        except BlockingIOError:
+            pass  # a live kernel's
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _uid_has_processes(uid: int) -> bool:
     return bool(processes_of_uid(uid))
 
@@ -290,6 +324,8 @@ class SandboxedKernel:
         self.sandbox = describe(self.bwrap)
         self.lease = UidLease() if self.bwrap and os.geteuid() == 0 else None
         self.uid = self.lease.uid if self.lease else None
+        if self.uid is not None:
+            sweep_stale_workdirs()
         self.workdir = self._new_workdir()
         self.connection = connection_info(self.workdir)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -299,7 +335,8 @@ class SandboxedKernel:
         self._log_fd = -1
 
     def _new_workdir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="mbgd-", dir="/tmp"))
+        prefix = f"mbgd-{self.uid}-" if self.uid is not None else "mbgd-"
+        return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
     def _prepare_workdir(self) -> None:
         """Font cache, connection file, ownership, and the log file we keep open."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
     assert ex.sandbox.startswith("rlimits-only") and "bwrap not found" in ex.sandbox
     assert [c.status for c in ex.cells] == ["ok", "ok"]
     assert ex.variables["AS"].values == [float(LIMITS.memory_mb << 20)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid leases exist only as root")
+def test_stale_work_dirs_are_swept_but_live_ones_kept() -> None:
+    lease = grader.sandbox.UidLease()  # a live kernel's uid: its dir must survive
+    stale_uid = next(
+        u
+        for u in range(grader.sandbox.UID_BASE + 1, grader.sandbox.UID_BASE + 100)
+        if u != lease.uid and not grader.sandbox.processes_of_uid(u)
+    )
+    live = Path(f"/tmp/mbgd-{lease.uid}-sweeptest")
+    stale = Path(f"/tmp/mbgd-{stale_uid}-sweeptest")
+    try:
+        for path in (live, stale):
+            (path / "home").mkdir(parents=True)
+        removed = grader.sandbox.sweep_stale_workdirs(force=True)
+        assert stale in removed and not stale.exists()
+        assert live.exists() and live not in removed
+    finally:
+        lease.release()
+        for path in (live, stale):
+            shutil.rmtree(path, ignore_errors=True)
