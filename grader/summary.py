@@ -3,6 +3,12 @@
 Both are views of the batch's results, one row per submission. Everything in them that came
 from a learner (file names, variable names, messages) is hostile: the CSV neutralises
 spreadsheet formulas and the page is rendered with autoescaping and a strict CSP.
+
+gradebook.csv columns: learner, submission, score, max_score, one column per check id with
+its points (rubric order), answer_name, diagnosis (machine id of the main finding, e.g.
+`batch_size_10`, `hard_coded`), message (the learner's one-line headline), integrity
+(not_checked/passed/flagged), seconds, status (graded/rejected/timeout/crashed), feedback
+(path of the learner's page, relative to the CSV).
 """
 
 from __future__ import annotations
