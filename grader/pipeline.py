@@ -126,12 +126,14 @@ def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) 
     want = expected(seed=rubric.answer.seed, epochs=rubric.answer.epochs)["LOSS20"]
     cells = hard_coded_cells(submission.notebook, want)
     if cells:
-        values.message += (
-            f" Note: cell {cells[0]} spells these numbers out as literals; the instructor "
-            "will see this answer flagged as possibly typed in."
+        note = (
+            f"Cell {cells[0]} spells these numbers out as literals; the instructor will see "
+            "this answer flagged as possibly typed in rather than computed."
         )
+        values.message += " Note: " + note[:1].lower() + note[1:]
         result.integrity = "flagged"
         result.mistake = "hard_coded"
+        result.diagnosis = note
 
 
 async def grade_submission(submission: Submission, options: GradeOptions) -> GradeResult:
@@ -142,17 +144,17 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
         rubric = rubric.with_integrity()
     execution = await execute_async(submission.notebook, options.limits)
     result = evaluate(execution, rubric)
-    _flag_literals(result, submission, rubric)
     if options.integrity:
         secret_seed = options.secret_seed or secrets.randbelow(2**31 - 2) + 2
         second = await execute_async(submission.notebook, options.limits, seed_override=secret_seed)
         check = _integrity_check(result, second, rubric, secret_seed)
-        result.checks = [check if c.id == check.id else c for c in result.checks]
+        result.checks = [c for c in result.checks if c.id != check.id] + [check]
         result.integrity = "passed" if check.passed else "flagged"
-        if check.passed and result.mistake == "hard_coded":
-            result.mistake = ""  # the re-run shows the numbers are computed after all
-        elif not check.passed:
+        if not check.passed:
             result.mistake = result.mistake or "hard_coded"
+            result.diagnosis = check.message
+    if result.integrity != "passed":  # a passed re-run outweighs numbers seen in the source
+        _flag_literals(result, submission, rubric)
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name
     result.grader_version = __version__
