@@ -16,11 +16,19 @@ from grader.models import GradeResult
 from tests import manifest
 
 LAB_SAMPLE_FOLDERS = ("correct/", "mistakes/", "broken/")
+# Hostile samples a learner could plausibly hand in: the learners' door is tested on them too.
+HOSTILE_FOR_LEARNERS = (
+    "hostile/xss_labels.ipynb",
+    "hostile/hard_coded.ipynb",
+    "hostile/nan_loss20.ipynb",
+    "hostile/zip_notebook.ipynb",
+    "hostile/invalid_utf8.ipynb",
+)
 
 
 @dataclass
 class GradedSamples:
-    """The lab samples graded by `mbgd-grader grade` (the instructors' door), once."""
+    """`learner_samples()` graded by `mbgd-grader grade` (the instructors' door), once."""
 
     folder: Path  # the copies that were graded
     out: Path  # the CLI's output folder
@@ -37,11 +45,16 @@ def lab_samples() -> list[dict]:
     return [s for s in manifest.SAMPLES if s["path"].startswith(LAB_SAMPLE_FOLDERS)]
 
 
+def learner_samples() -> list[dict]:
+    """What the shared CLI run grades: the lab samples plus the learner-like hostile ones."""
+    return lab_samples() + [s for s in manifest.SAMPLES if s["path"] in HOSTILE_FOR_LEARNERS]
+
+
 @pytest.fixture(scope="session")
 def graded_samples(tmp_path_factory) -> GradedSamples:
     work = tmp_path_factory.mktemp("graded-samples")
     folder, out = work / "labs", work / "reports"
-    for sample in lab_samples():
+    for sample in learner_samples():
         target = folder / sample["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(manifest.SUBMISSIONS / sample["path"], target)

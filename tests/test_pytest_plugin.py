@@ -1,7 +1,8 @@
 """The learners' door: `pytest --notebook ...`, driven with pytester in a real pytest subprocess.
 
-Grading is slow, so one pytester run grades every sample in submissions/MANIFEST.toml while
-`mbgd-grader grade` grades the same files in another process; the tests then read the run's
+Grading is slow, so one pytester run grades the learner samples of submissions/MANIFEST.toml,
+and the session's one `mbgd-grader grade` run over the same files (conftest's
+`graded_samples`) is the instructor's verdict to compare with; the tests read the run's
 output, its JUnit XML and the CLI's results.json. A second, small run covers the options
 (-k, -vv, --feedback-dir) on a tiny notebook with bubblewrap hidden from PATH.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.conftest import GradedSamples, learner_samples
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMISSIONS = ROOT / "submissions"
-CLI = Path(sys.executable).with_name("mbgd-grader")
 GRADE_TIMEOUT = 1500  # seconds for grading every sample; the infinite-loop sample alone takes 60
 SUMMARY = re.compile(r"^mbgd-grader: ([\d.]+)/([\d.]+) points for (\S+)", re.M)
 GRADER_INTERNALS = (
@@ -36,27 +36,10 @@ GRADER_INTERNALS = (
 )
 
 
-# The hostile corpus is about the sandbox and is graded by its own tests; the learners' door
-# takes the lab samples plus the hostile ones a learner could plausibly hand in.
-HOSTILE_FOR_LEARNERS = {
-    "hostile/xss_labels.ipynb",
-    "hostile/hard_coded.ipynb",
-    "hostile/nan_loss20.ipynb",
-    "hostile/zip_notebook.ipynb",
-    "hostile/invalid_utf8.ipynb",
-}
-
-
 def manifest_samples() -> list[dict]:
-    """The samples this module grades: committed, and a lab sample or a learner-like one."""
-    samples = tomllib.loads((SUBMISSIONS / "MANIFEST.toml").read_text())["sample"]
-    return [
-        s
-        for s in samples
-        if "generate" not in s
-        and (SUBMISSIONS / s["path"]).is_file()
-        and (not s["path"].startswith("hostile/") or s["path"] in HOSTILE_FOR_LEARNERS)
-    ]
+    """The samples this module grades: the lab samples and the learner-like hostile ones,
+    the same files the session's shared CLI run (`graded_samples` in conftest) grades."""
+    return learner_samples()
 
 
 @dataclass
@@ -96,48 +79,33 @@ def parse_junit(xml_path: Path, samples: list[dict]) -> dict[tuple[str, str], Ca
     return cases
 
 
-def grade_every_sample(pytester: pytest.Pytester) -> PluginRun:
-    """One plugin run over every sample while `mbgd-grader grade` grades the same files."""
+def grade_every_sample(pytester: pytest.Pytester, graded_samples: GradedSamples) -> PluginRun:
+    """One plugin run over every sample; `mbgd-grader grade` graded the same files once for the
+    whole session (conftest's `graded_samples`)."""
     labs = pytester.path / "labs"
     for sample in manifest_samples():
         target = labs / sample["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SUBMISSIONS / sample["path"], target)
-    cli = subprocess.Popen(  # grades the same files meanwhile, in its own process
-        [str(CLI), "grade", str(labs), "--out", str(pytester.path / "cli-reports"), "--jobs", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    result = pytester.runpytest_subprocess(
+        "--notebook",
+        "labs",
+        "--notebook-jobs",
+        "2",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={pytester.path / 'junit.xml'}",
+        timeout=GRADE_TIMEOUT,
     )
-    try:
-        result = pytester.runpytest_subprocess(
-            "--notebook",
-            "labs",
-            "--notebook-jobs",
-            "2",
-            "-p",
-            "no:cacheprovider",
-            f"--junitxml={pytester.path / 'junit.xml'}",
-            timeout=GRADE_TIMEOUT,
-        )
-        cli_log, _ = cli.communicate(timeout=GRADE_TIMEOUT)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait(timeout=30)
-    return load_run(pytester.path, result.ret, cli.returncode, cli_log)
+    return load_run(pytester.path, result.ret, graded_samples)
 
 
-def load_run(where: Path, ret: int, cli_returncode: int, cli_log: str) -> PluginRun:
-    """Read what the run left in `where`: pytest's stdout, the JUnit XML, the CLI's reports."""
+def load_run(where: Path, ret: int, graded_samples: GradedSamples) -> PluginRun:
+    """Read what the run left in `where` (pytest's stdout, the JUnit XML) and the CLI's reports."""
     samples = [s for s in manifest_samples() if (where / "labs" / s["path"]).is_file()]
     output = (where / "stdout").read_text()  # pytester keeps the subprocess's output there
     summary = {m[3]: (float(m[1]), float(m[2])) for m in SUMMARY.finditer(output)}
-    reports = {}
-    for s in samples:
-        report = where / "cli-reports" / s["path"].removesuffix(".ipynb") / "results.json"
-        if report.is_file():
-            reports[s["path"]] = json.loads(report.read_text())
+    reports = {s["path"]: graded_samples.report(s["path"]) for s in samples}
     cases = parse_junit(where / "junit.xml", samples)
     return PluginRun(
         samples=samples,
@@ -147,16 +115,16 @@ def load_run(where: Path, ret: int, cli_returncode: int, cli_log: str) -> Plugin
         summary=summary,
         cli=reports,
         labs=where / "labs",
-        cli_returncode=cli_returncode,
-        cli_log=cli_log,
+        cli_returncode=graded_samples.returncode,
+        cli_log=graded_samples.log,
     )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * GRADE_TIMEOUT)
-def test_plugin_on_every_sample(pytester, subtests):
+def test_plugin_on_every_sample(pytester, subtests, graded_samples):
     """Grading is slow: one run, then each property as its own subtest."""
-    run = grade_every_sample(pytester)
+    run = grade_every_sample(pytester, graded_samples)
     for check in (
         every_check_of_every_sample_is_one_item,
         correct_samples_pass_every_item,
