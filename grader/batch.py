@@ -304,7 +304,10 @@ def run_batch(
 
             grade_remote(pending, options, broker, sink)
         elif pending:
-            asyncio.run(grade_local(pending, options, jobs, sink))
+            from grader.pool import warm_pool
+
+            with warm_pool():
+                asyncio.run(grade_local(pending, options, jobs, sink))
     return outcome
 
 
