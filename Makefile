@@ -19,9 +19,11 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-## grade: grade the sample submissions into $(OUT)/
+## grade: grade the sample submissions into $(OUT)/ (the hostile corpus is graded by
+## make test, inside the sandbox only: it holds fork and memory bombs)
 grade: setup
-	$(BIN)/mbgd-grader grade submissions --out $(OUT)
+	$(BIN)/mbgd-grader grade submissions/correct submissions/mistakes submissions/broken \
+		--out $(OUT) --cell-timeout 20
 
 ## test: lint, then the whole test suite
 test: setup
