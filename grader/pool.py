@@ -84,7 +84,7 @@ class ForkedKernel(SandboxedKernel):
 
     def __init__(self, limits: RunLimits, pool_dir: Path) -> None:
         self._pool_dir = pool_dir
-        self._intermediate: psutil.Process | None = None
+        self._reapers: list[psutil.Process] = []  # the namespace's init and its parent
         super().__init__(limits)
         self.sandbox = SANDBOXED
 
@@ -111,7 +111,8 @@ class ForkedKernel(SandboxedKernel):
         if len(procs) != 1:
             raise PoolUnavailable(f"expected one kernel process for uid {self.uid}: {procs}")
         self._kernel_proc = procs[0]
-        self._intermediate = procs[0].parent()
+        init = procs[0].parent()  # pid 1 of the kernel's namespace
+        self._reapers = [p for p in (init, init.parent() if init else None) if p is not None]
 
     def alive(self) -> bool:
         proc = self._kernel_proc
@@ -128,12 +129,11 @@ class ForkedKernel(SandboxedKernel):
     def kill(self) -> None:
         if self.alive():
             self.killed_by_us = True
-        if self._kernel_proc is not None:  # pid 1 of its namespace: takes everything with it
+        if self._kernel_proc is not None:  # its namespace's init then ends, taking all with it
             with contextlib.suppress(psutil.Error):
                 self._kernel_proc.kill()
-            # wait until the kernel and the intermediate that reaps it are gone
-            waiting = [p for p in (self._kernel_proc, self._intermediate) if p is not None]
-            psutil.wait_procs(waiting, timeout=5)
+            # wait until the kernel and the processes that reap it are gone
+            psutil.wait_procs([self._kernel_proc, *self._reapers], timeout=5)
         if self.uid is not None:
             for proc in processes_of_uid(self.uid):
                 with contextlib.suppress(psutil.Error):

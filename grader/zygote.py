@@ -79,7 +79,7 @@ def warm(modules: list[str]) -> None:
 
 
 def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
-    """In the pid-1 grandchild: isolate, drop privileges, then run ipykernel. Never returns."""
+    """In pid 2 of the new namespace: isolate, drop privileges, run ipykernel. Never returns."""
     workdir, uid = req["workdir"], int(req["uid"])
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
@@ -135,6 +135,41 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     os._exit(0)
 
 
+def namespace_init(req: dict[str, Any], ready_fd: int) -> None:
+    """Pid 1 of the kernel's pid namespace: fork the kernel, reap, end with it. Never returns.
+
+    The kernel must not be pid 1 itself: init ignores signals it has no handler for, so a
+    learner's `os.kill(os.getpid(), SIGKILL)` would do nothing in a pooled kernel while it
+    kills a fresh one. When this process exits, the kernel takes every process left in the
+    namespace with it.
+    """
+    code = 70
+    try:
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                become_kernel(req, ready_fd)
+            except BaseException as exc:  # report to the kernel log if we got that far
+                os.write(2, f"kernel setup failed: {exc!r}\n".encode())
+            os._exit(71)
+        os.close(ready_fd)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        while True:
+            try:
+                done, status = os.wait()
+            except ChildProcessError:
+                break
+            if done == pid:
+                code = os.waitstatus_to_exitcode(status)
+                break
+    finally:
+        os._exit(code if code >= 0 else 128 - code)
+
+
 def intermediate(req: dict[str, Any], ready_fd: int) -> None:
     """Child of the zygote: new namespaces, fork the kernel, wait for it. Never returns."""
     code = 70
@@ -146,11 +181,7 @@ def intermediate(req: dict[str, Any], ready_fd: int) -> None:
         check(libc.unshare(flags), "unshare")
         pid = os.fork()
         if pid == 0:
-            try:
-                become_kernel(req, ready_fd)
-            except BaseException as exc:  # report to the kernel log if we got that far
-                os.write(2, f"kernel setup failed: {exc!r}\n".encode())
-            os._exit(71)
+            namespace_init(req, ready_fd)
         os.close(ready_fd)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
