@@ -613,7 +613,9 @@ def test_openapi_schema_fuzzed_without_server_errors(service: Service) -> None:
 
         check()
     assert statuses and max(statuses) < 500
-    assert 202 in statuses and 422 in statuses  # the fuzzing reached past the signature check
+    # The fuzzing reached past the signature check: payload validation (422) or acceptance
+    # (202) answered; which of them random examples hit varies from run to run.
+    assert {202, 422} & set(statuses)
 
 
 # -- durability: kill -9 in the middle of grading -------------------------------------------------
