@@ -8,6 +8,7 @@ traceback unless `-vv`), writes the feedback page, and ends with `mbgd-grader: 7
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +125,7 @@ class NotebookGrading:
         self.jobs = jobs
         self.files: list[NotebookFile] = []
         self.pool: ThreadPoolExecutor | None = None
+        self.warm = contextlib.ExitStack()  # the warm kernel pool, where the sandbox allows
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
@@ -133,6 +135,9 @@ class NotebookGrading:
         wanted = list(dict.fromkeys(i.parent for i in session.items if isinstance(i, CheckItem)))
         if len(wanted) < 2:
             return
+        from grader.pool import warm_pool
+
+        self.warm.enter_context(warm_pool())  # several notebooks: pay kernel start-up once
         self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mbgd-grade")
         for file in wanted:
             file.future = self.pool.submit(file.grade_once)
@@ -141,6 +146,7 @@ class NotebookGrading:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        self.warm.close()
 
     def feedback_dir(self, notebook: Path) -> Path:
         if self.out is not None:
