@@ -90,7 +90,10 @@ def test_second_learner_sees_nothing_of_the_first(pool: KernelPool) -> None:
     cells = [new_code_cell(FIRST), new_code_cell(BREAKS_THE_KERNEL), new_code_cell("B = [1]")]
     first = execute(new_notebook(cells=cells), LIMITS, pool=pool)
     assert first.cells[0].status == "ok", first.cells[0].error_value
-    assert first.fate == "died" and first.fate_cell == 1 and first.cells[1].status == "died"
+    # A kernel whose messaging is broken either crashes or stops answering (then the cell
+    # budget stops it): either way that cell ends the run, and nothing of it reaches the next.
+    assert first.fate in ("died", "timeout") and first.fate_cell == 1
+    assert first.cells[1].status == first.fate
     assert first.cells[2].status == "not_run"
     first_wd = as_text(first.variables["WD"].values)
     first_uid = int(first.variables["UID"].values[0])
