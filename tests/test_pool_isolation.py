@@ -32,7 +32,7 @@ LAB = Path(__file__).resolve().parents[1] / "submissions" / "correct" / "loss20.
 LIMITS = RunLimits(cell_timeout=60, total_timeout=180)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # gone before other modules count the processes left behind
 def pool():
     with KernelPool() as warm:
         yield warm
