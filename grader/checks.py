@@ -49,6 +49,7 @@ class Facts:
     answer: Answer
     data: Finding | None
     mistake: Finding | None = None
+    comparison: tuple[Axes | None, dict[str, int]] | None = None  # see best_comparison_axes
 
     @property
     def want(self) -> list[float]:
@@ -255,12 +256,15 @@ def _methods_on(axes: Axes, facts: Facts) -> dict[str, int]:
 
 
 def best_comparison_axes(facts: Facts) -> tuple[Axes | None, dict[str, int]]:
-    best: tuple[Axes | None, dict[str, int]] = (None, {})
-    for axes in _all_axes(facts.execution):
-        methods = _methods_on(axes, facts)
-        if len(methods) > len(best[1]):
-            best = (axes, methods)
-    return best
+    """The axes showing the most methods; searched once, shared by the two checks using it."""
+    if facts.comparison is None:
+        best: tuple[Axes | None, dict[str, int]] = (None, {})
+        for axes in _all_axes(facts.execution):
+            methods = _methods_on(axes, facts)
+            if len(methods) > len(best[1]):
+                best = (axes, methods)
+        facts.comparison = best
+    return facts.comparison
 
 
 def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
