@@ -66,6 +66,7 @@ class Execution(BaseModel):
     fate: KernelFate
     fate_cell: int | None = None  # the cell that timed out or killed the kernel
     sandbox: str  # "bubblewrap" or "rlimits-only (bwrap not found)" etc.
+    kernel: Literal["fresh", "warm"] = "fresh"  # a new process, or forked from the warm pool
     cells: list[CellRun] = Field(default_factory=list)
     figures: list[Figure] = Field(default_factory=list)
     variables: dict[str, Variable] = Field(default_factory=dict)

@@ -82,6 +82,8 @@ def default_pool() -> KernelPool | None:
 class ForkedKernel(SandboxedKernel):
     """A kernel forked by the zygote: same interface and teardown as a fresh one."""
 
+    origin = "warm"
+
     def __init__(self, limits: RunLimits, pool_dir: Path) -> None:
         self._pool_dir = pool_dir
         self._reapers: list[psutil.Process] = []  # the namespace's init and its parent
@@ -140,15 +142,25 @@ class ForkedKernel(SandboxedKernel):
                     proc.kill()
 
 
+def _spawn_key(limits: RunLimits) -> tuple[object, ...]:
+    """What a forked kernel is made with: two limits with equal keys get the same sandbox."""
+    return (tuple(rlimits(limits, with_nproc=True)), limits.disk_mb)
+
+
 class KernelPool:
     """Hands out kernels forked from one warm, sandboxed zygote. Thread- and task-safe."""
 
-    def __init__(self, modules: list[str] | None = None) -> None:
+    def __init__(self, modules: list[str] | None = None, *, spare: bool = True) -> None:
         self.modules = list(modules or WARM_MODULES)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pool_dir: Path | None = None
         self._lock = threading.Lock()
         self._log: Path | None = None
+        self._keep_spare = spare
+        self._spare: ForkedKernel | None = None  # started ahead of need, never used yet
+        self._spare_lock = threading.Lock()
+        self._refill: threading.Thread | None = None
+        self._closed = False
 
     @staticmethod
     def available() -> bool:
@@ -156,6 +168,8 @@ class KernelPool:
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the zygote and wait until it has imported everything. Idempotent."""
+        with self._spare_lock:
+            self._closed = False
         with self._lock:
             self._start_locked(timeout)
 
@@ -256,8 +270,69 @@ class KernelPool:
         return kernel
 
     async def acquire(self, limits: RunLimits) -> ForkedKernel:
-        """A started kernel of its own, forked from the warm zygote."""
-        return await asyncio.to_thread(self._spawn, limits)
+        """A started kernel of its own, forked from the warm zygote.
+
+        The kernel started ahead of need is handed out when it was made for the same
+        rlimits; then the next one is forked in the background, so a submission's kernel
+        has usually finished booting before the submission asks for it.
+        """
+        kernel = self._take_spare(limits)
+        if kernel is None:
+            kernel = await asyncio.to_thread(self._spawn, limits)
+        self._start_refill(limits)
+        return kernel
+
+    def _take_spare(self, limits: RunLimits) -> ForkedKernel | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.alive() and _spawn_key(spare.limits) == _spawn_key(limits):
+            spare.limits = limits  # same sandbox; the time budgets may differ
+            return spare
+        spare.cleanup()
+        return None
+
+    def _start_refill(self, limits: RunLimits) -> None:
+        with self._spare_lock:
+            busy = self._refill is not None and self._refill.is_alive()
+            if not self._keep_spare or self._closed or busy or self._spare is not None:
+                return
+            self._refill = threading.Thread(target=self._make_spare, args=(limits,), daemon=True)
+            self._refill.start()
+
+    def _make_spare(self, limits: RunLimits) -> None:
+        try:
+            kernel = self._spawn(limits)
+        except (PoolUnavailable, OSError, RuntimeError):
+            return  # no spare this time; acquire forks on demand
+        with self._spare_lock:
+            if self._spare is None and not self._closed:
+                self._spare, kernel = kernel, None
+        if kernel is not None:
+            kernel.cleanup()
+
+    def spare_processes(self) -> list[psutil.Process]:
+        """The processes of the kernel started ahead of need (after any refill in flight)."""
+        with self._spare_lock:
+            refill = self._refill
+        if refill is not None:
+            refill.join(timeout=60)
+        with self._spare_lock:
+            spare = self._spare
+        if spare is None or spare._kernel_proc is None:
+            return []
+        return [spare._kernel_proc, *spare._reapers]
+
+    def _drop_spare(self) -> None:
+        with self._spare_lock:
+            refill, self._refill = self._refill, None
+        if refill is not None:
+            refill.join(timeout=60)
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.cleanup()
 
     def _stop_locked(self) -> None:
         if self.proc is not None:
@@ -279,6 +354,9 @@ class KernelPool:
 
     def close(self) -> None:
         """Stop the zygote (its kernels die with it) and delete the pool dir."""
+        with self._spare_lock:
+            self._closed = True
+        self._drop_spare()
         with self._lock:
             self._stop_locked()
 
@@ -290,27 +368,55 @@ class KernelPool:
         self.close()
 
 
-@contextlib.contextmanager
-def warm_pool() -> Iterator[KernelPool | None]:
-    """A default pool for the lifetime of a command, where the sandbox allows one.
+def open_default_pool(*, wait: bool = True) -> KernelPool | None:
+    """Start a warm pool and make it `execute_async`'s default, where the sandbox allows one.
 
-    Doors that grade many notebooks in one process (the batch CLI) wrap their work in this.
-    Without root and bwrap, with MBGD_WARM_POOL=0, or when the zygote does not start, it yields
-    None and every notebook gets a fresh kernel, with identical results, only slower.
+    Returns None (every notebook then gets a fresh kernel, with identical results, only
+    slower) without root and bwrap, with MBGD_WARM_POOL=0, or when the zygote does not start.
+    `wait=False` starts it in the background, for hosts that must not block while torch
+    imports (a Celery pool child must report alive within seconds); a notebook that arrives
+    meanwhile waits for the pool rather than starting a kernel of its own.
     """
     if os.environ.get("MBGD_WARM_POOL", "1") == "0" or not KernelPool.available():
-        yield None
-        return
+        return None
     pool = KernelPool()
+    set_default_pool(pool)
+    if not wait:
+        starter = threading.Thread(target=_start_or_retire, args=(pool,), daemon=True)
+        starter.start()
+        return pool
+    return pool if _start_or_retire(pool) else None
+
+
+def _start_or_retire(pool: KernelPool) -> bool:
     try:
         pool.start()
+        return True
     except PoolUnavailable:
+        if default_pool() is pool:
+            set_default_pool(None)
         pool.close()
-        yield None
-        return
-    set_default_pool(pool)
+        return False
+
+
+def close_default_pool() -> None:
+    """Stop the default pool, if any (its kernels die with it)."""
+    pool = default_pool()
+    set_default_pool(None)
+    if pool is not None:
+        pool.close()
+
+
+@contextlib.contextmanager
+def warm_pool() -> Iterator[KernelPool | None]:
+    """A default pool for the lifetime of a command (`open_default_pool`, then closed).
+
+    Doors that grade many notebooks in one process (the batch CLI, the pytest plugin) wrap
+    their work in this.
+    """
+    pool = open_default_pool(wait=True)
     try:
         yield pool
     finally:
-        set_default_pool(None)
-        pool.close()
+        if pool is not None:
+            close_default_pool()

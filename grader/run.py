@@ -37,6 +37,7 @@ __all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
 
 KERNEL_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 60.0
+READY_RETRY = 1.0  # seconds before asking a silent kernel for its info again
 FLUSH_TIMEOUT = 15.0
 MAX_MESSAGE_BYTES = 64 << 20  # zmq drops a peer that sends a bigger message
 TRACEBACK_LINES = 30
@@ -48,6 +49,7 @@ class Kernel(Protocol):
     """What run needs from a kernel: `SandboxedKernel` or a pool's forked kernel."""
 
     sandbox: str
+    origin: str  # "fresh" or "warm"
     connection: dict[str, object]
     killed_by_us: bool
 
@@ -113,8 +115,68 @@ async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
     kc.load_connection_info(kernel.connection)
     kc.allow_stdin = False
     kc.start_channels()
-    await asyncio.wait_for(kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT), KERNEL_START_TIMEOUT)
+    try:
+        await asyncio.wait_for(_wait_ready(kc, kernel), KERNEL_START_TIMEOUT)
+    except BaseException:
+        kc.stop_channels()
+        context.destroy(linger=0)
+        raise
     return kc, context
+
+
+async def _ready_kernel(
+    limits: RunLimits, pool: KernelSource | None
+) -> tuple[Kernel, _KernelClient | None, zmq.asyncio.Context | None, str]:
+    """A started kernel and a client that heard it answer, or the kernel and why not.
+
+    A warm kernel can die between being handed out and answering (its zygote was killed,
+    say): that is the pool's failure, not the learner's, so it is replaced once.
+    """
+    for attempt in range(2):
+        kernel = await _start_kernel(limits, pool)
+        try:
+            kc, context = await _connect(kernel)
+            return kernel, kc, context, ""
+        except (RuntimeError, TimeoutError) as exc:
+            error = str(exc)
+        except BaseException:  # cancelled: the caller never sees this kernel
+            kernel.cleanup()
+            raise
+        if kernel.origin != "warm" or attempt == 1:
+            break
+        kernel.cleanup()
+    return kernel, None, None, error
+
+
+async def _wait_ready(kc: _KernelClient, kernel: Kernel) -> None:
+    """Return once the kernel answers kernel_info on shell AND its iopub reaches us.
+
+    jupyter_client's `wait_for_ready` does the same but then idles 0.2 s to "flush" iopub,
+    a third of a warm kernel's start; we need no flush, since every reader here matches
+    messages to its own request. iopub messages sent before our subscription took effect are
+    lost, so a request whose status we do not hear soon after its reply is asked again.
+    """
+    asked: set[str] = set()
+    reply: dict[str, Any] | None = None
+    heard_iopub = False
+    next_ask = 0.0
+    while reply is None or not heard_iopub:
+        if not kernel.alive():
+            raise RuntimeError("the kernel died before answering")
+        if monotonic() >= next_ask:
+            asked.add(kc.kernel_info())
+            next_ask = monotonic() + READY_RETRY
+        if reply is None:
+            with contextlib.suppress(Empty):
+                msg = await kc.get_shell_msg(timeout=0.01)
+                if msg["parent_header"].get("msg_id") in asked:
+                    reply = msg
+                    next_ask = min(next_ask, monotonic() + 0.05)
+        if not heard_iopub:
+            with contextlib.suppress(Empty):
+                msg = await kc.get_iopub_msg(timeout=0.01)
+                heard_iopub = msg["parent_header"].get("msg_id") in asked
+    kc._handle_kernel_info_reply(reply)
 
 
 async def _silent(
@@ -263,10 +325,8 @@ async def execute_async(
     phases: dict[str, float] = {}
     reader = ProbeReader(new_mime())
     mark = monotonic()
-    kernel = await _start_kernel(limits, pool)
-    ex = Execution(fate="not_started", sandbox=kernel.sandbox)
-    kc: _KernelClient | None = None
-    context: zmq.asyncio.Context | None = None
+    kernel, kc, context, error = await _ready_kernel(limits, pool)
+    ex = Execution(fate="not_started", sandbox=kernel.sandbox, kernel=kernel.origin)
 
     def phase(name: str) -> None:
         nonlocal mark
@@ -275,11 +335,9 @@ async def execute_async(
         mark = now
 
     try:
-        try:
-            kc, context = await _connect(kernel)
-        except (RuntimeError, TimeoutError) as exc:
+        if kc is None:
             tail = kernel.log_tail(800).strip()
-            ex.notes.append(f"the kernel did not start: {exc}" + (f"\n{tail}" if tail else ""))
+            ex.notes.append(f"the kernel did not start: {error}" + (f"\n{tail}" if tail else ""))
             ex.cells = [
                 CellRun(index=i, status="not_run")
                 for i, c in enumerate(nb.cells)

@@ -313,6 +313,8 @@ def mpl_cache() -> Path | None:
 class SandboxedKernel:
     """One kernel process for one submission, in its own work dir; used once, then killed."""
 
+    origin = "fresh"
+
     def __init__(self, limits: RunLimits) -> None:
         self.limits = limits
         self.bwrap = find_bwrap()

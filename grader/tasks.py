@@ -22,6 +22,7 @@ from pathlib import Path
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.exceptions import TimeoutError as ResultsPending
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from grader import __version__
 from grader.models import GradeResult
@@ -36,6 +37,22 @@ app = Celery("mbgd_grader", set_as_current=False)
 
 class InfrastructureError(Exception):
     """The grader, not the learner, failed (no kernel, no sandbox): worth a retry elsewhere."""
+
+
+@worker_process_init.connect
+def _warm_up(**_: object) -> None:
+    """Each pool child grades with its own warm kernel pool, started in the background:
+    Celery kills a child that takes more than a few seconds to report alive."""
+    from grader.pool import open_default_pool
+
+    open_default_pool(wait=False)
+
+
+@worker_process_shutdown.connect
+def _cool_down(**_: object) -> None:
+    from grader.pool import close_default_pool
+
+    close_default_pool()
 
 
 def task_budget(total_timeout: float, integrity: bool) -> tuple[int, int]:

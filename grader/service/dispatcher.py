@@ -69,6 +69,7 @@ class Dispatcher:
         if requeued:
             log.warning("resuming %d submission(s) that were running at the last stop", requeued)
         self._fingerprint = await asyncio.to_thread(self.grader.fingerprint)
+        await self.grader.open()
         self._tasks = [
             asyncio.create_task(self._slot(i), name=f"grading-slot-{i}")
             for i in range(self.settings.slots)
@@ -80,6 +81,7 @@ class Dispatcher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.grader.close()
 
     async def _slot(self, number: int) -> None:
         while True:

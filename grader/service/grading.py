@@ -26,6 +26,10 @@ class Grader(Protocol):
 
     def fingerprint(self) -> str: ...
 
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult: ...
 
 
@@ -66,6 +70,17 @@ class LocalGrader:
     def fingerprint(self) -> str:
         return self._fingerprint
 
+    async def open(self) -> None:
+        """Warm kernels for this process's grading (started in the background)."""
+        from grader.pool import open_default_pool
+
+        open_default_pool(wait=False)
+
+    async def close(self) -> None:
+        from grader.pool import close_default_pool
+
+        await asyncio.to_thread(close_default_pool)
+
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader.pipeline import grade_async
 
@@ -98,6 +113,12 @@ class CeleryGrader:
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    async def open(self) -> None:
+        """Nothing to start here: the workers keep the warm kernels."""
+
+    async def close(self) -> None:
+        """Nothing to stop."""
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader import tasks
