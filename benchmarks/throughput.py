@@ -9,14 +9,22 @@ Three ways over N copies of the same solved notebook:
 Prints rates, ratios to (a), the peak memory (RSS and PSS summed over this process and all
 its descendants: harness, zygote, kernels) and the mean per-phase seconds of (c). The warm
 pool's one-off start is reported separately; it is paid once per worker, not per notebook.
+
+Then the floor: the same cells exec'd in a plain Python process that has already imported
+torch and pyplot (Agg; `plt.show` closes the figures, as ours does): no kernel, no sandbox,
+no grading. That is the learner's own work, which no harness can take away; half of it per
+notebook is the best any grader can do on two cores, and the last line says what ratio to (a)
+that allows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -100,6 +108,49 @@ async def ours(paths: list[Path], jobs: int) -> tuple[float, list]:
     return time.monotonic() - started, list(results)
 
 
+FLOOR_SCRIPT = r"""
+import json, sys, time
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy, torch, torch.utils.data
+from mpl_toolkits import mplot3d
+cells, runs = json.loads(sys.stdin.read())
+code = [compile(c, f"cell{i}", "exec") for i, c in enumerate(cells)]
+plt.show = lambda *a, **k: plt.close("all")
+seconds = []
+for _ in range(runs):
+    namespace = {"__name__": "__main__"}
+    started = time.process_time()
+    for cell in code:
+        try:
+            exec(cell, namespace)
+        except Exception:
+            pass
+    plt.close("all")
+    seconds.append(time.process_time() - started)
+print(json.dumps(seconds))
+"""
+
+
+def learner_floor(path: Path, runs: int) -> list[float]:
+    """CPU seconds of the notebook's own cells, exec'd `runs` times in one plain process."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [
+        "\n".join(ln for ln in c.source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        for c in nb.cells
+        if c.cell_type == "code"
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", FLOOR_SCRIPT],
+        input=json.dumps([cells, runs]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def phases_of(results: list) -> dict[str, float]:
     executions = [getattr(r, "execution", r) for r in results]
     names = sorted({k for ex in executions if ex for k in ex.phases})
@@ -119,6 +170,7 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=None, help="copies for (a); default N")
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--floor-runs", type=int, default=8, help="plain-Python runs")
     args = parser.parse_args()
     if not args.notebook.exists():
         parser.error(f"{args.notebook} not found (build it: submissions/build_samples.py)")
@@ -171,6 +223,18 @@ def main() -> None:
         print(f"  {name:14} {value:7.3f}")
     same = {summary_of(r) for r in outcomes[1] + outcomes[2]}
     print(f"\nidentical results across (b) and (c): {'yes' if len(same) == 1 else 'NO'} {same}")
+
+    floor = learner_floor(args.notebook, runs=args.floor_runs)
+    mean = statistics.mean(floor)
+    print(
+        f"\nfloor, the learner's own cells in plain Python: {mean:.2f} s CPU per notebook "
+        f"(min {min(floor):.2f}, {len(floor)} runs)"
+    )
+    best = mean / cores
+    line = f"best possible on {cores} cores with a harness that cost nothing: {best:.2f} s/nb"
+    if base_rate:
+        line += f" = {(rows[0][2] / rows[0][1]) / best:.1f}x (a)"
+    print(line)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

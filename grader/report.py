@@ -91,6 +91,7 @@ def gradescope_json(result: GradeResult) -> dict:
             "rubric": result.rubric_name,
             "error": result.error,
             "kernel": execution.fate if execution else None,
+            "kernel_origin": execution.kernel if execution else None,  # "warm": from the pool
             "notes": list(execution.notes) if execution else [],
         },
     }

@@ -7,6 +7,7 @@ by the other worker; the batch must end with every result in its gradebook.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import psutil
 import pytest
 import redis
 
+from grader.pool import KernelPool
 from tests.test_batch import ROOT, SAMPLES, cli, db_count, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
@@ -179,6 +181,9 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
         assert row["max_score"] == "11", row
         if variant == "correct":
             assert row["status"] == "graded" and row["score"] == "11", row
+            report = json.loads((out / row["feedback"]).with_name("results.json").read_text())
+            warm = "warm" if KernelPool.available() else "fresh"  # each worker child's pool
+            assert report["extra_data"]["kernel_origin"] == warm, report["extra_data"]
         elif variant == "stale_loader":
             assert row["diagnosis"] == "batch_size_10", row
         elif variant == "crash":

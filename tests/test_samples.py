@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from grader.models import GradeResult
+from grader.pool import KernelPool
 from reference import mistake_info, mistake_variants
 from tests.conftest import lab_samples
 from tests.manifest import verdict_holds
@@ -46,6 +47,15 @@ def test_sample_gets_its_manifest_verdict(graded, sample):
     for check in result.checks:
         assert check.message.strip(), check.id  # every check explains itself
         assert 0 <= check.points <= check.max_points
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KernelPool.available(), reason="the warm pool needs bwrap and root")
+def test_the_batch_ran_every_notebook_in_a_warm_kernel(graded_samples, graded):
+    ran = [p for p, r in graded.items() if r.execution and r.execution.fate != "not_started"]
+    assert len(ran) > 20
+    assert {graded[path].execution.kernel for path in ran} == {"warm"}
+    assert graded_samples.report(ran[0])["extra_data"]["kernel_origin"] == "warm"
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from grader.pool import KernelPool
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
 
 pytestmark = pytest.mark.slow
@@ -433,6 +434,8 @@ def test_correct_lab_gets_a_signed_10_of_10_callback_with_ags_fields(
     assert score["timestamp"].endswith("+00:00") and score["comment"].startswith("10/10")
     result = body["result"]
     assert result["score"] == 10 and result["extra_data"]["max_score"] == 10
+    warm = "warm" if KernelPool.available() else "fresh"  # the service keeps a warm pool
+    assert result["extra_data"]["kernel_origin"] == warm
     assert all(t["status"] == "passed" for t in result["tests"])
     # The status API tells the same story, with timings.
     state = httpx.get(
@@ -747,6 +750,8 @@ def test_same_flow_with_a_broker_and_a_real_worker(
             and score["userId"] == "learner-broker-correct"
         )
         assert delivery.body["result"]["score"] == 10
+        warm = "warm" if KernelPool.available() else "fresh"  # each worker child's pool
+        assert delivery.body["result"]["extra_data"]["kernel_origin"] == warm
         assert got["broker-tiny"][0].body["score"]["scoreGiven"] < 10
         assert celery_worker.poll() is None
     finally:
