@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from grader import __version__
 from grader.models import GradeResult
+from grader.report_writer import BackgroundReports, write_or_note
 from grader.store import SECRET_SEED, Gradebook, grade_key
 
 if TYPE_CHECKING:
@@ -232,18 +233,6 @@ async def grade_local(items: list[Item], options: GradeOptions, jobs: int, sink:
     await asyncio.gather(*(worker() for _ in range(max(1, min(jobs, len(items))))))
 
 
-def _write_reports(
-    submission: str, result: GradeResult, folder: Path, outcome: BatchOutcome
-) -> None:
-    """Reports for one submission; a failure here is the grader's, and must not stop the batch."""
-    from grader.report import write_reports
-
-    try:
-        write_reports(result, folder)
-    except Exception as error:  # noqa: BLE001
-        outcome.harness_errors.append(f"{submission}: writing its reports failed: {error!r}")
-
-
 def run_batch(
     paths: Sequence[Path],
     out: Path,
@@ -274,7 +263,7 @@ def run_batch(
             report_dir = out / row.report_dir
             if not all((report_dir / f).exists() for f in ("results.json", "feedback.html")):
                 # Graded, then killed before its reports were written: write them now.
-                _write_reports(row.submission, row.result, report_dir, outcome)
+                write_or_note(row.submission, row.result, report_dir, outcome.harness_errors)
         if on_start:
             on_start(len(items), outcome.skipped)
 
@@ -292,22 +281,23 @@ def run_batch(
                     result=result,
                 )
                 outcome.graded += 1
-                _write_reports(item.submission, result, out / item.report_dir, outcome)
+                reports.submit(item.submission, result, out / item.report_dir)
             else:
                 outcome.harness_errors.append(f"{item.submission}: {result.error}")
             outcome.results[item.submission] = result
             if on_result:
                 on_result(item, result)
 
-        if pending and broker:
-            from grader.tasks import grade_remote
+        with BackgroundReports(outcome.harness_errors) as reports:
+            if pending and broker:
+                from grader.tasks import grade_remote
 
-            grade_remote(pending, options, broker, sink)
-        elif pending:
-            from grader.pool import warm_pool
+                grade_remote(pending, options, broker, sink)
+            elif pending:
+                from grader.pool import warm_pool
 
-            with warm_pool():
-                asyncio.run(grade_local(pending, options, jobs, sink))
+                with warm_pool():
+                    asyncio.run(grade_local(pending, options, jobs, sink))
     return outcome
 
 
