@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import secrets
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -301,78 +300,6 @@ def run_batch(
     return outcome
 
 
-# -- the console -----------------------------------------------------------------------------
-
-
-class ConsoleProgress:
-    """A live bar on stderr (done/total, rate, ETA, failures so far); silent off a terminal."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.failures = 0
-        self.done = 0
-        self.graded_now = 0
-        self.started = time.monotonic()
-        self._progress = None
-        self._task = None
-
-    def start(self, total: int, skipped: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.done = skipped
-        self.started = time.monotonic()
-        if skipped:
-            self.console.print(
-                f"{skipped} of {total} already in the gradebook (unchanged): skipped",
-                highlight=False,
-            )
-        if not self.console.is_terminal:
-            return
-        self._progress = Progress(
-            TextColumn("[bold]grading"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[failures]}"),
-            console=self.console,
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(
-            "grading", total=total, completed=skipped, rate="", failures=""
-        )
-
-    def advance(self, item: Item, result: GradeResult) -> None:
-        self.done += 1
-        if result.status in ("timeout", "crashed", "rejected"):
-            self.failures += 1
-        if self._progress is None or self._task is None:
-            return
-        # Over the whole run: an instant rejection must not make the rate jump.
-        self.graded_now += 1
-        per_minute = 60 * self.graded_now / max(time.monotonic() - self.started, 1e-3)
-        rate = f"{per_minute:.1f}/min"
-        failures = f"[red]{self.failures} failed" if self.failures else "0 failed"
-        self._progress.update(self._task, advance=1, rate=rate, failures=failures)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
 def _broker_errors() -> tuple[type[BaseException], ...]:
     from kombu.exceptions import OperationalError
     from redis.exceptions import RedisError
@@ -395,6 +322,7 @@ def grade_main(
     """The `mbgd-grader grade` command: grade, write the class summary, return the exit code."""
     from rich.console import Console
 
+    from grader.progress import ConsoleProgress
     from grader.summary import Entry, print_class_table, write_summary
 
     progress = ConsoleProgress()

@@ -43,9 +43,9 @@ from grader.sandbox import (
     find_bwrap,
     kernel_env,
     mpl_cache,
-    processes_of_uid,
     rlimits,
 )
+from grader.uids import processes_of_uid
 
 WARM_MODULES = [
     "numpy",

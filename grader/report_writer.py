@@ -1,40 +1,67 @@
-"""Report folders written behind the grading, on a thread of their own.
+"""Report folders written behind the grading, in a process of their own.
 
 Drawing a submission's feedback picture is the slowest part of its reports (a few tenths of
-a second of matplotlib). Done inline, it stalls the event loop that feeds the kernels, so
-the other jobs' kernels sit idle at their next cell. The batch hands each finished grade
-here instead and moves on; the gradebook row is written first, so a report lost to a kill is
-rewritten on the next run.
+a second of matplotlib, nearly all of it holding the GIL). Done in the harness process,
+inline or on a thread, it starves the event loop that feeds the kernels: every other job's
+kernel waits at its next cell. The batch hands each finished grade to one writer process
+instead and moves on. The gradebook row is written first, so a report lost to a kill is
+rewritten on the next run; if the writer process cannot run, reports are written inline.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from grader.models import GradeResult
 
 
 class BackgroundReports:
-    """One writer thread; at most `backlog` grades wait for it (then `submit` blocks)."""
+    """One writer process; at most `backlog` grades wait for it (then `submit` blocks)."""
 
     def __init__(self, errors: list[str], backlog: int = 8) -> None:
-        self._errors = errors  # list.append is atomic: safe from the writer thread
+        self._errors = errors  # list.append is atomic: safe from the callback thread
         self._room = threading.BoundedSemaphore(backlog)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reports")
+        # spawn, not fork: the harness has threads (zmq, the warm pool) that fork would copy
+        context = multiprocessing.get_context("spawn")
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(1, mp_context=context)
 
     def submit(self, submission: str, result: GradeResult, folder: Path) -> None:
-        self._room.acquire()
-        future = self._pool.submit(write_or_note, submission, result, folder, self._errors)
-        future.add_done_callback(self._release)
+        if self._pool is not None:
+            self._room.acquire()
+            try:
+                future = self._pool.submit(write_reports_or_say, result, folder)
+            except (BrokenProcessPool, RuntimeError):
+                self._room.release()
+                self._pool = None
+            else:
+                future.add_done_callback(
+                    lambda done: self._finished(done, submission, result, folder)
+                )
+                return
+        write_or_note(submission, result, folder, self._errors)
 
-    def _release(self, _: Future[None]) -> None:
+    def _finished(
+        self, done: Future[str], submission: str, result: GradeResult, folder: Path
+    ) -> None:
         self._room.release()
+        try:
+            problem = done.result()
+        except BrokenProcessPool:  # the writer died (killed): this one is written here
+            write_or_note(submission, result, folder, self._errors)
+            return
+        except Exception as error:  # noqa: BLE001 - e.g. the result could not be pickled
+            problem = repr(error)
+        if problem:
+            self._errors.append(f"{submission}: writing its reports failed: {problem}")
 
     def close(self) -> None:
         """Wait until every submitted report is on disk."""
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self) -> BackgroundReports:
         return self
@@ -43,11 +70,19 @@ class BackgroundReports:
         self.close()
 
 
-def write_or_note(submission: str, result: GradeResult, folder: Path, errors: list[str]) -> None:
-    """Reports for one submission; a failure here is the grader's and must not stop a batch."""
+def write_reports_or_say(result: GradeResult, folder: Path) -> str:
+    """In the writer process: write, and return what went wrong ("" when nothing did)."""
     from grader.report import write_reports
 
     try:
         write_reports(result, folder)
     except Exception as error:  # noqa: BLE001
-        errors.append(f"{submission}: writing its reports failed: {error!r}")
+        return repr(error)
+    return ""
+
+
+def write_or_note(submission: str, result: GradeResult, folder: Path, errors: list[str]) -> None:
+    """Reports for one submission, here; a failure is the grader's and must not stop a batch."""
+    problem = write_reports_or_say(result, folder)
+    if problem:
+        errors.append(f"{submission}: writing its reports failed: {problem}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from grader.sandbox import UID_BASE, UID_SLOTS
+from grader.uids import UID_BASE, UID_SLOTS
 from tests import manifest
 from tests.manifest import verdict_holds
 

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import stat
 
@@ -326,3 +327,23 @@ def test_headline_title_follows_the_checks():
     full = base.model_copy(update={"checks": runs_failed, "score": 7.0})
     assert "Full marks, but look at this" in feedback_html(full)
     assert "What to look at first" in feedback_html(base)
+
+
+def test_reports_written_behind_the_grading_survive_a_killed_writer(tmp_path):
+    from grader.report_writer import BackgroundReports
+
+    errors: list[str] = []
+    with BackgroundReports(errors, backlog=2) as reports:
+        for k in range(3):
+            reports.submit(f"s{k}", _hand_made(submission=f"s{k}"), tmp_path / f"s{k}")
+        writers = list(reports._pool._processes.values())
+        assert len(writers) == 1 and writers[0].pid != os.getpid()  # another process draws
+        writers[0].kill()
+        writers[0].join()
+        for k in range(3, 6):  # the writer is gone: these are written in the harness
+            reports.submit(f"s{k}", _hand_made(submission=f"s{k}"), tmp_path / f"s{k}")
+    assert errors == []
+    for k in range(6):
+        data = json.loads((tmp_path / f"s{k}" / "results.json").read_text())
+        assert data["extra_data"]["submission"] == f"s{k}"
+        assert "data:image/png;base64," in (tmp_path / f"s{k}" / "feedback.html").read_text()

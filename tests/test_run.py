@@ -15,6 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import grader.sandbox
+import grader.uids
 from grader.run import RunLimits, execute
 from reference import expected, make_data
 
@@ -117,14 +118,14 @@ def hostile(source: str) -> nbformat.NotebookNode:
 def leased_uids() -> list[int]:
     """Spy on the uid leases so tests can look for leftover processes of those uids."""
     uids: list[int] = []
-    original = grader.sandbox.UidLease.__init__
+    original = grader.uids.UidLease.__init__
 
-    def spy(self: grader.sandbox.UidLease) -> None:
+    def spy(self: grader.uids.UidLease) -> None:
         original(self)
         uids.append(self.uid)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grader.sandbox.UidLease, "__init__", spy)
+        mp.setattr(grader.uids.UidLease, "__init__", spy)
         yield uids
 
 
@@ -266,7 +267,7 @@ def test_hostile_cell_ends_in_budget_against_the_right_cell(name: str, leased_ui
     assert [p for p in psutil.Process().children(recursive=True) if p.status() != "zombie"] == []
     if BWRAP and grader.sandbox.os.geteuid() == 0:
         assert leased_uids, "as root, the bubblewrap path leases a uid per kernel"
-    assert [p for uid in leased_uids for p in grader.sandbox.processes_of_uid(uid)] == []
+    assert [p for uid in leased_uids for p in grader.uids.processes_of_uid(uid)] == []
 
 
 def test_total_budget_stops_the_notebook() -> None:

@@ -17,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 import grader.sandbox
+import grader.uids
 from grader.run import RunLimits, SandboxUnavailable, execute
 
 pytestmark = pytest.mark.slow
@@ -160,7 +161,7 @@ def test_unprivileged_uid_and_own_pid_namespace(walls) -> None:
     assert cell["uid"].status == "ok", cell["uid"].error_value
     if os.geteuid() == 0:
         uid = ex.variables["UID"].values[0]
-        assert grader.sandbox.UID_BASE <= uid < grader.sandbox.UID_BASE + grader.sandbox.UID_SLOTS
+        assert grader.uids.UID_BASE <= uid < grader.uids.UID_BASE + grader.uids.UID_SLOTS
     assert cell["processes"].status == "ok", cell["processes"].error_value
 
 
@@ -200,18 +201,18 @@ def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="uid leases exist only as root")
 def test_stale_work_dirs_are_swept_but_live_ones_kept() -> None:
-    lease = grader.sandbox.UidLease()  # a live kernel's uid: its dir must survive
+    lease = grader.uids.UidLease()  # a live kernel's uid: its dir must survive
     stale_uid = next(
         u
-        for u in range(grader.sandbox.UID_BASE + 1, grader.sandbox.UID_BASE + 100)
-        if u != lease.uid and not grader.sandbox.processes_of_uid(u)
+        for u in range(grader.uids.UID_BASE + 1, grader.uids.UID_BASE + 100)
+        if u != lease.uid and not grader.uids.processes_of_uid(u)
     )
     live = Path(f"/tmp/mbgd-{lease.uid}-sweeptest")
     stale = Path(f"/tmp/mbgd-{stale_uid}-sweeptest")
     try:
         for path in (live, stale):
             (path / "home").mkdir(parents=True)
-        removed = grader.sandbox.sweep_stale_workdirs(force=True)
+        removed = grader.uids.sweep_stale_workdirs(force=True)
         assert stale in removed and not stale.exists()
         assert live.exists() and live not in removed
     finally:
