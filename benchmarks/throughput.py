@@ -232,6 +232,7 @@ def main() -> None:
     print("\nper-notebook phases of (c), mean seconds:")
     for name, value in phases_of(outcomes[2]).items():
         print(f"  {name:24} {value:7.3f}")
+    print(f"  {'imports':24} {0:7.3f}   (done once by the warm parent: in 'whole run' only)")
     kernels = {r["execution"]["kernel"] for r in outcomes[1] + outcomes[2]}
     same = {summary_of(r) for r in outcomes[1] + outcomes[2]}
     print(f"\nkernels used: {', '.join(sorted(kernels))}")

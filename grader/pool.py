@@ -44,6 +44,7 @@ from grader.sandbox import (
     kernel_env,
     mpl_cache,
     rlimits,
+    ro_binds,
 )
 from grader.uids import processes_of_uid
 
@@ -103,6 +104,7 @@ class ForkedKernel(SandboxedKernel):
             "disk_mb": self.limits.disk_mb,
             "rlimits": rlimits(self.limits, with_nproc=True),
             "env": kernel_env(self.workdir),
+            "ro_under_tmp": [p for p in ro_binds() if p.startswith("/tmp/")],
             "argv": ["-f", str(self.workdir / "kernel.json"), *KERNEL_ARGS],
         }
 

@@ -10,7 +10,8 @@ A spawn forks an intermediate process that unshares new mount, network, ipc, uts
 namespaces and forks the kernel, which is pid 1 of its own pid namespace. Before any learner
 code runs, the kernel:
 - makes its mounts private, mounts a fresh size-limited tmpfs over /tmp (hiding the pool dir
-  and every sibling's work dir), binds back only its own work dir, mounts a size-limited
+  and every sibling's work dir), binds back read-only whatever of Python lives under /tmp
+  and, writable, only its own work dir, mounts a size-limited
   tmpfs as its home (cwd) in it and a /proc of its own pid ns;
 - closes every inherited descriptor (the zygote's pipes included), sends stdio to its log;
 - sets rlimits, rebuilds the environment from the allowlist it was sent, reseeds `random`
@@ -41,6 +42,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_RDONLY, MS_REMOUNT = 1, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
 READY_TIMEOUT = 20.0
@@ -85,8 +87,20 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     mount("none", "/", None, MS_REC | MS_PRIVATE, None)
     keep = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    # Python itself may live under /tmp (a venv in a checkout there): held open, then bound
+    # back read-only once the fresh /tmp hides it.
+    system = [(path, os.open(path, os.O_PATH)) for path in req.get("ro_under_tmp", [])]
     size = f"size={int(req['disk_mb'])}m"
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
+    for path, fd in system:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+        mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+        os.close(fd)
     os.makedirs(workdir, mode=0o755)
     mount(f"/proc/self/fd/{keep}", workdir, None, MS_BIND, None)
     os.close(keep)

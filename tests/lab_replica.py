@@ -58,9 +58,8 @@ class Data(Dataset):
 
 LOADER_RUN = """\
 dataset = Data()
-trainloader = DataLoader(dataset = dataset, batch_size = {size})
-w = torch.tensor(-15.0, requires_grad = True)
-b = torch.tensor(-10.0, requires_grad = True)
+{loader}
+{reset}
 {name} = []
 lr = 0.1
 def train_{name}(epochs):
@@ -77,6 +76,19 @@ def train_{name}(epochs):
 train_{name}(EPOCHS)
 """
 
+LOADER = "trainloader = DataLoader(dataset = dataset, batch_size = {size})"
+RESET = (
+    "w = torch.tensor(-15.0, requires_grad = True)\nb = torch.tensor(-10.0, requires_grad = True)"
+)
+
+
+def loader_run(name: str, size: int, *, new_loader: bool = True, reset: bool = True) -> str:
+    """One mini-batch method's cell as the lab writes it. Learners' slips: reusing the last
+    cell's loader (`new_loader=False`), carrying the trained weights over (`reset=False`)."""
+    loader = LOADER.format(size=size) if new_loader else ""
+    return LOADER_RUN.format(name=name, loader=loader, reset=RESET if reset else "")
+
+
 REPORT = """\
 print(json.dumps({
     "LOSS_BGD": [loss.item() for loss in LOSS_BGD],
@@ -88,6 +100,6 @@ print(json.dumps({
 def replica_notebook(seed: int, epochs: int = 10) -> nbformat.NotebookNode:
     cells = [f"SEED = {seed}\nEPOCHS = {epochs}", SETUP, BGD, DATA_CLASS]
     for name, size in (("LOSS_SGD", 1), ("LOSS_MINI5", 5), ("LOSS_MINI10", 10), ("LOSS20", 20)):
-        cells.append(LOADER_RUN.format(name=name, size=size))
+        cells.append(loader_run(name, size))
     cells.append(REPORT)
     return new_notebook(cells=[new_code_cell(source) for source in cells])

@@ -30,73 +30,12 @@ from grader.batch import BatchError, discover
 from grader.models import Curve, GradeResult
 from grader.store import Gradebook
 from reference import expected, make_data
+from tests.lab_replica import BGD, DATA_CLASS, SETUP, loader_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "submissions"
 
 # -- notebooks -------------------------------------------------------------------------------
-
-SETUP = """\
-import torch
-import matplotlib.pyplot as plt
-from torch.utils.data import Dataset, DataLoader
-torch.manual_seed(1)
-X = torch.arange(-3, 3, 0.1).view(-1, 1)
-f = 1 * X - 1
-Y = f + 0.1 * torch.randn(X.size())
-
-def forward(x):
-    return w * x + b
-
-def criterion(yhat, y):
-    return torch.mean((yhat - y) ** 2)
-"""
-
-BGD = """\
-w = torch.tensor(-15.0, requires_grad = True)
-b = torch.tensor(-10.0, requires_grad = True)
-lr = 0.1
-LOSS_BGD = []
-for epoch in range(10):
-    Yhat = forward(X)
-    loss = criterion(Yhat, Y)
-    LOSS_BGD.append(loss)
-    loss.backward()
-    w.data = w.data - lr * w.grad.data
-    b.data = b.data - lr * b.grad.data
-    w.grad.data.zero_()
-    b.grad.data.zero_()
-
-class Data(Dataset):
-    def __init__(self):
-        self.x = torch.arange(-3, 3, 0.1).view(-1, 1)
-        self.y = 1 * X - 1
-        self.len = self.x.shape[0]
-    def __getitem__(self, index):
-        return self.x[index], self.y[index]
-    def __len__(self):
-        return self.len
-"""
-
-TRAIN = """\
-dataset = Data()
-{loader}
-{reset}
-{name} = []
-for epoch in range(10):
-    {name}.append(criterion(forward(X), Y).tolist())
-    for x, y in trainloader:
-        loss = criterion(forward(x), y)
-        loss.backward()
-        w.data = w.data - lr * w.grad.data
-        b.data = b.data - lr * b.grad.data
-        w.grad.data.zero_()
-        b.grad.data.zero_()
-"""
-
-RESET = (
-    "w = torch.tensor(-15.0, requires_grad = True)\nb = torch.tensor(-10.0, requires_grad = True)"
-)
 
 PLOT = """\
 plt.plot(LOSS_BGD, label = "Batch Gradient Descent")
@@ -109,26 +48,20 @@ plt.show()
 """
 
 
-def _train(name: str, size: int, *, new_loader: bool = True, reset: bool = True) -> str:
-    loader = f"trainloader = DataLoader(dataset = dataset, batch_size = {size})"
-    return TRAIN.format(
-        name=name, loader=loader if new_loader else "", reset=RESET if reset else ""
-    )
-
-
 def lab_notebook(variant: str, tag: str) -> bytes:
-    """The lab's arithmetic (no plot_error_surfaces) with one learner variant; `tag` varies
-    a comment so every copy has its own content hash."""
+    """The lab's arithmetic (`tests.lab_replica`, no plot_error_surfaces) with one learner
+    variant; `tag` varies a comment so every copy has its own content hash."""
     if variant == "not_json":
         return f"this is not a notebook ({tag})\n".encode()
-    cells = [f"# submission {tag}\n" + SETUP, BGD]
-    cells += [_train("LOSS_SGD", 1), _train("LOSS_MINI5", 5), _train("LOSS_MINI10", 10)]
+    cells = [f"# submission {tag}\nSEED = 1\nEPOCHS = 10\nimport matplotlib.pyplot as plt"]
+    cells += [SETUP, BGD, DATA_CLASS]
+    cells += [loader_run("LOSS_SGD", 1), loader_run("LOSS_MINI5", 5), loader_run("LOSS_MINI10", 10)]
     if variant in ("correct", "no_plot"):
-        cells.append(_train("LOSS20", 20))
+        cells.append(loader_run("LOSS20", 20))
     elif variant == "stale_loader":
-        cells.append(_train("LOSS20", 20, new_loader=False))
+        cells.append(loader_run("LOSS20", 20, new_loader=False))
     elif variant == "weights_not_reset":
-        cells.append(_train("LOSS20", 20, reset=False))
+        cells.append(loader_run("LOSS20", 20, reset=False))
     elif variant == "crash":
         cells.append("LOSS20 = []\nraise RuntimeError('learner code crashed here')")
     elif variant == "copied":  # seed-1 numbers smuggled in: no literals in the source

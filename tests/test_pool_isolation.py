@@ -23,6 +23,7 @@ from grader.models import Execution
 from grader.pool import KernelPool, default_pool, set_default_pool
 from grader.run import RunLimits, execute, execute_async
 from reference import make_data
+from tests.test_run import children_left
 from tests.test_sandbox import Listener, probe_cells
 
 pytestmark = [
@@ -149,8 +150,8 @@ def test_pooled_hostile_cells_end_in_budget(pool: KernelPool, source: str, statu
     zygote_tree = psutil.Process(pool.proc.pid).children(recursive=True)
     # bwrap's init and the zygote; of the kernel that ran the cells, nothing
     assert len({p.pid for p in zygote_tree} - spare) == 2
-    mine = psutil.Process().children(recursive=True)
-    assert {p.pid for p in mine} == {pool.proc.pid} | {p.pid for p in zygote_tree}
+    mine = {p.pid for p in children_left()}
+    assert mine == {pool.proc.pid} | {p.pid for p in zygote_tree}
 
 
 def test_a_dead_zygote_is_replaced(pool: KernelPool) -> None:

@@ -50,16 +50,10 @@ class _LoopThread:
             raise
 
 
-class LocalGrader:
-    """Grade in-process with `grader.pipeline.grade_async` (a kernel per slot)."""
+class _OptionsGrader:
+    """What both backends share: the grading options and their fingerprint (cached)."""
 
-    mode = "local"
-
-    def __init__(self, options: Any = None) -> None:
-        from grader.pipeline import GradeOptions
-
-        self.options = options or GradeOptions()
-        self._thread = _LoopThread()
+    options: Any
 
     @functools.cached_property
     def _fingerprint(self) -> str:
@@ -69,6 +63,18 @@ class LocalGrader:
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+
+class LocalGrader(_OptionsGrader):
+    """Grade in-process with `grader.pipeline.grade_async` (a kernel per slot)."""
+
+    mode = "local"
+
+    def __init__(self, options: Any = None) -> None:
+        from grader.pipeline import GradeOptions
+
+        self.options = options or GradeOptions()
+        self._thread = _LoopThread()
 
     async def open(self) -> None:
         """Warm kernels for this process's grading (started in the background)."""
@@ -87,7 +93,7 @@ class LocalGrader:
         return await self._thread.run(grade_async(notebook, name, self.options))
 
 
-class CeleryGrader:
+class CeleryGrader(_OptionsGrader):
     """Send `grader.tasks`' grading task to Celery workers and await it without blocking.
 
     The task id is derived from the submission, so after a restart the service first looks
@@ -104,15 +110,6 @@ class CeleryGrader:
         self.poll = poll
         self.app = tasks.configure(broker, total_timeout=self.options.limits.total_timeout)
         self.budget = tasks.task_budget(self.options.limits.total_timeout, self.options.integrity)
-
-    @functools.cached_property
-    def _fingerprint(self) -> str:
-        from grader.pipeline import rubric_fingerprint
-
-        return rubric_fingerprint(self.options)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     async def open(self) -> None:
         """Nothing to start here: the workers keep the warm kernels."""
