@@ -126,14 +126,16 @@ def grade_task(
     try:
         result = grade(data, name, options)
     except SoftTimeLimitExceeded:
-        soft, _ = task_budget(options.limits.total_timeout, options.integrity)
+        # the limit in force: the sender's for this task (headers: [hard, soft]), else ours
+        _, soft = self.request.timelimit or (None, None)
+        soft = soft or app.conf.task_soft_time_limit
         result = GradeResult(
             submission=name,
             status="timeout",
             score=0.0,
             max_score=0.0,
             grader_version=__version__,
-            error=f"grading took longer than {soft} s and was stopped",
+            error=f"grading took longer than {float(soft):g} s and was stopped",
         )
     if result.execution is not None and result.execution.fate == "not_started":
         raise InfrastructureError(f"kernel did not start: {result.error or result.diagnosis}")

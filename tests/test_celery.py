@@ -6,6 +6,7 @@ by the other worker; the batch must end with every result in its gradebook.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 import redis
@@ -193,3 +195,47 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
         assert (out / row["feedback"]).is_file()
     # The task the killed worker held was redelivered and graded by the survivor.
     assert lost and lost <= b.succeeded(), (lost, b.text()[-3000:])
+
+
+def test_a_task_over_its_time_limit_is_a_timeout_result_and_leaves_nothing(redis_url, tmp_path):
+    """The limits Celery enforces (not the notebook's own budget) also end as a result."""
+    from grader import tasks
+    from grader.models import GradeResult
+    from grader.pipeline import GradeOptions
+
+    marker = f"mbgd-over-limit-{os.getpid()}"
+    slow = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\n"
+                "time.sleep(120)"
+            )
+        ]
+    )
+    options = GradeOptions().model_dump_json()  # the notebook may take 60 s per cell
+    app = tasks.configure(redis_url)
+    worker = Worker(redis_url, tmp_path / "worker.log")
+    try:
+        wait_for(worker.ready, 240, "the worker to be ready")
+
+        def send(name: str, data: bytes, **limits: int):
+            notebook = base64.b64encode(data).decode("ascii")
+            args = (name, notebook, options, None)
+            return app.send_task(tasks.TASK_NAME, args=args, task_id=name, **limits)
+
+        late = send("too-slow", nbformat.writes(slow).encode(), soft_time_limit=8, time_limit=20)
+        result = GradeResult.model_validate(late.get(timeout=120))
+        assert result.status == "timeout" and result.score == 0
+        assert result.error == "grading took longer than 8 s and was stopped"
+
+        def marker_gone() -> bool:
+            procs = psutil.process_iter(["cmdline"])
+            return not any(marker in " ".join(p.info["cmdline"] or ()) for p in procs)
+
+        wait_for(marker_gone, 10, "the learner's process to die with its kernel")
+        # the worker goes on: the next task is graded as usual
+        after = send("after", quick_notebook("correct", "after"))
+        graded = GradeResult.model_validate(after.get(timeout=120))
+        assert graded.status == "graded" and graded.score == graded.max_score
+    finally:
+        stop(worker.proc)
