@@ -104,7 +104,6 @@ class ForkedKernel(SandboxedKernel):
             "disk_mb": self.limits.disk_mb,
             "rlimits": rlimits(self.limits, with_nproc=True),
             "env": kernel_env(self.workdir),
-            "ro_under_tmp": [p for p in ro_binds() if p.startswith("/tmp/")],
             "argv": ["-f", str(self.workdir / "kernel.json"), *KERNEL_ARGS],
         }
 
@@ -202,7 +201,9 @@ class KernelPool:
             caps=ZYGOTE_CAPS,
             die_with_parent=False,
         )
-        config = json.dumps({"modules": self.modules})
+        # what of Python lives under /tmp: each kernel's fresh /tmp must bind it back
+        under_tmp = [p for p in ro_binds() if p.startswith("/tmp/")]
+        config = json.dumps({"modules": self.modules, "ro_under_tmp": under_tmp})
         argv += [sys.executable, "-c", _SOURCE, config]
         with open(self._log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -314,12 +315,16 @@ class KernelPool:
         if kernel is not None:
             kernel.cleanup()
 
-    def spare_processes(self) -> list[psutil.Process]:
-        """The processes of the kernel started ahead of need (after any refill in flight)."""
+    def _settle_refill(self) -> None:
+        """Wait for a spare being forked right now, if any."""
         with self._spare_lock:
             refill = self._refill
         if refill is not None:
             refill.join(timeout=60)
+
+    def spare_processes(self) -> list[psutil.Process]:
+        """The processes of the kernel started ahead of need (after any refill in flight)."""
+        self._settle_refill()
         with self._spare_lock:
             spare = self._spare
         if spare is None or spare._kernel_proc is None:
@@ -327,10 +332,7 @@ class KernelPool:
         return [spare._kernel_proc, *spare._reapers]
 
     def _drop_spare(self) -> None:
-        with self._spare_lock:
-            refill, self._refill = self._refill, None
-        if refill is not None:
-            refill.join(timeout=60)
+        self._settle_refill()
         with self._spare_lock:
             spare, self._spare = self._spare, None
         if spare is not None:

@@ -55,8 +55,7 @@ class BackgroundReports:
             return
         except Exception as error:  # noqa: BLE001 - e.g. the result could not be pickled
             problem = repr(error)
-        if problem:
-            self._errors.append(f"{submission}: writing its reports failed: {problem}")
+        note_problem(submission, problem, self._errors)
 
     def close(self) -> None:
         """Wait until every submitted report is on disk."""
@@ -83,6 +82,9 @@ def write_reports_or_say(result: GradeResult, folder: Path) -> str:
 
 def write_or_note(submission: str, result: GradeResult, folder: Path, errors: list[str]) -> None:
     """Reports for one submission, here; a failure is the grader's and must not stop a batch."""
-    problem = write_reports_or_say(result, folder)
+    note_problem(submission, write_reports_or_say(result, folder), errors)
+
+
+def note_problem(submission: str, problem: str, errors: list[str]) -> None:
     if problem:
         errors.append(f"{submission}: writing its reports failed: {problem}")

@@ -7,12 +7,12 @@ freezes the GC (fewer copy-on-write pages), prints `{"ready": ...}` and then ser
 request per stdin line: spawn a kernel.
 
 A spawn forks an intermediate process that unshares new mount, network, ipc, uts and pid
-namespaces and forks the kernel, which is pid 1 of its own pid namespace. Before any learner
-code runs, the kernel:
+namespaces and forks a tiny init (pid 1 of the new pid namespace), which forks the kernel
+(pid 2). Before any learner code runs, the kernel:
 - makes its mounts private, mounts a fresh size-limited tmpfs over /tmp (hiding the pool dir
   and every sibling's work dir), binds back read-only whatever of Python lives under /tmp
-  and, writable, only its own work dir, mounts a size-limited
-  tmpfs as its home (cwd) in it and a /proc of its own pid ns;
+  and, writable, only its own work dir, mounts a size-limited tmpfs as its home (cwd) in it
+  and a /proc of its own pid ns;
 - closes every inherited descriptor (the zygote's pipes included), sends stdio to its log;
 - sets rlimits, rebuilds the environment from the allowlist it was sent, reseeds `random`
   and numpy's global RNG;
@@ -80,30 +80,33 @@ def warm(modules: list[str]) -> None:
     gc.freeze()
 
 
+def bind_back(fd: int, path: str, *, read_only: bool) -> None:
+    """Mount what `fd` (opened before /tmp was replaced) at `path` again; closes `fd`."""
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+    if read_only:
+        mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.close(fd)
+
+
 def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     """In pid 2 of the new namespace: isolate, drop privileges, run ipykernel. Never returns."""
     workdir, uid = req["workdir"], int(req["uid"])
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-    keep = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
-    # Python itself may live under /tmp (a venv in a checkout there): held open, then bound
-    # back read-only once the fresh /tmp hides it.
-    system = [(path, os.open(path, os.O_PATH)) for path in req.get("ro_under_tmp", [])]
+    # Held open across the new /tmp, which hides them: the work dir, and Python itself when
+    # it lives under /tmp (a venv in a checkout there).
+    kept = [(workdir, os.open(workdir, os.O_PATH), False)]
+    kept += [(path, os.open(path, os.O_PATH), True) for path in req.get("ro_under_tmp", [])]
     size = f"size={int(req['disk_mb'])}m"
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
-    for path, fd in system:
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
-        mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-        os.close(fd)
-    os.makedirs(workdir, mode=0o755)
-    mount(f"/proc/self/fd/{keep}", workdir, None, MS_BIND, None)
-    os.close(keep)
+    for path, fd, read_only in kept:
+        bind_back(fd, path, read_only=read_only)
     home = os.path.join(workdir, "home")
     mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,uid={uid},gid={uid},{size}")
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
@@ -233,7 +236,7 @@ def main() -> None:
     out.flush()
     for line in sys.stdin:
         try:
-            req = json.loads(line)
+            req = {**json.loads(line), "ro_under_tmp": config["ro_under_tmp"]}
             reply = spawn(req)
         except Exception as exc:  # a bad request must not take the zygote down
             reply = {"ok": False, "error": repr(exc)}
