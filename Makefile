@@ -39,9 +39,10 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: throughput and speed benchmarks (not part of make test)
+## bench: throughput, and the cost of the per-kernel isolation (not part of make test)
 bench: setup
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/isolation.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

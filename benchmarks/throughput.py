@@ -100,11 +100,14 @@ def baseline(paths: list[Path]) -> float:
     return time.monotonic() - started
 
 
-def cli(folder: Path, out: Path, jobs: int) -> tuple[float, float, list[dict]]:
+def cli(
+    folder: Path, out: Path, jobs: int, env: dict[str, str] | None = None
+) -> tuple[float, float, list[dict]]:
     """(b)/(c): the real `mbgd-grader grade`; wall seconds, steady s/notebook, the results."""
     command = [sys.executable, "-m", "grader.cli", "grade", str(folder), "--out", str(out)]
+    command += ["--jobs", str(jobs)]
     started = time.monotonic()
-    subprocess.run([*command, "--jobs", str(jobs)], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env=env)
     wall = time.monotonic() - started
     written = sorted(p.stat().st_mtime for p in out.glob("*/results.json"))
     steady = (written[-1] - written[0]) / (len(written) - 1)

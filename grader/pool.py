@@ -34,9 +34,9 @@ from pathlib import Path
 
 import psutil
 
+from grader import seccomp
 from grader.sandbox import (
     KERNEL_ARGS,
-    SANDBOXED,
     RunLimits,
     SandboxedKernel,
     bwrap_argv,
@@ -89,7 +89,6 @@ class ForkedKernel(SandboxedKernel):
         self._pool_dir = pool_dir
         self._reapers: list[psutil.Process] = []  # the namespace's init and its parent
         super().__init__(limits)
-        self.sandbox = SANDBOXED
 
     def _new_workdir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="w", dir=self._pool_dir))
@@ -116,6 +115,10 @@ class ForkedKernel(SandboxedKernel):
         self._kernel_proc = procs[0]
         init = procs[0].parent()  # pid 1 of the kernel's namespace
         self._reapers = [p for p in (init, init.parent() if init else None) if p is not None]
+        self._isolate()
+        if self.cgroup is not None:  # before any learner code: the kernel waits for a request
+            for proc in (*self._reapers, self._kernel_proc):
+                self.cgroup.add(proc.pid)
 
     def alive(self) -> bool:
         proc = self._kernel_proc
@@ -132,12 +135,14 @@ class ForkedKernel(SandboxedKernel):
     def kill(self) -> None:
         if self.alive():
             self.killed_by_us = True
+        if self.cgroup is not None:
+            self.cgroup.kill()
         if self._kernel_proc is not None:  # its namespace's init then ends, taking all with it
             with contextlib.suppress(psutil.Error):
                 self._kernel_proc.kill()
             # wait until the kernel and the processes that reap it are gone
             psutil.wait_procs([self._kernel_proc, *self._reapers], timeout=5)
-        if self.uid is not None:
+        if self.uid is not None and self.cgroup is None:
             for proc in processes_of_uid(self.uid):
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
@@ -203,7 +208,13 @@ class KernelPool:
         )
         # what of Python lives under /tmp: each kernel's fresh /tmp must bind it back
         under_tmp = [p for p in ro_binds() if p.startswith("/tmp/")]
-        config = json.dumps({"modules": self.modules, "ro_under_tmp": under_tmp})
+        try:
+            syscall_filter = seccomp.program().hex()
+        except seccomp.SeccompUnavailable:
+            syscall_filter = ""  # kernels say so in their sandbox text
+        config = json.dumps(
+            {"modules": self.modules, "ro_under_tmp": under_tmp, "seccomp": syscall_filter}
+        )
         argv += [sys.executable, "-c", _SOURCE, config]
         with open(self._log, "wb") as log:
             self.proc = subprocess.Popen(

@@ -41,6 +41,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
+from grader import cgroups, seccomp
 from grader.uids import UidLease, processes_of_uid, sweep_stale_workdirs
 
 SANDBOXED = "bubblewrap"
@@ -54,6 +55,7 @@ class RunLimits(BaseModel):
     memory_mb: int = 2048  # RLIMIT_AS for the kernel
     max_processes: int = 256
     max_file_mb: int = 64
+    max_open_files: int = 512
     cpu_seconds: int = 300
     disk_mb: int = 256  # size of the kernel's home (its cwd) and of its /tmp, each
     require_sandbox: bool = False  # no bwrap -> SandboxUnavailable instead of running
@@ -68,9 +70,33 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def describe(bwrap: str | None) -> str:
-    """The Execution.sandbox text for a launch with or without bwrap."""
-    return SANDBOXED if bwrap else "rlimits-only (bwrap not found)"
+def describe(bwrap: str | None, cgroup: str = "", seccomp_problem: str = "") -> str:
+    """The Execution.sandbox text: bwrap or not, then what else is (not) in force.
+
+    `cgroup` is `KernelCgroup`'s text ("cgroup v1", or "no cgroup: why"); `seccomp_problem`
+    is empty when the filter is in force.
+    """
+    if not bwrap:
+        return "rlimits-only (bwrap not found)"
+    parts = [SANDBOXED, cgroup if cgroup.startswith("cgroup") else ""]
+    parts.append("" if seccomp_problem else "seccomp")
+    missing = [text for text in (cgroup, seccomp_problem) if text and not text.startswith("cgroup")]
+    text = " + ".join(part for part in parts if part)
+    return f"{text} ({'; '.join(missing)})" if missing else text
+
+
+def isolation_gaps(bwrap: str | None) -> list[str]:
+    """What of the full sandbox this machine cannot give a kernel (empty: all of it)."""
+    if not bwrap:
+        return ["bwrap (bubblewrap) was not found on PATH; install the 'bubblewrap' package"]
+    gaps = []
+    found = cgroups.locate()
+    if isinstance(found, str):
+        gaps.append(f"no per-kernel cgroup ({found})")
+    problem = seccomp.describe()
+    if problem:
+        gaps.append(problem)
+    return gaps
 
 
 def rlimits(limits: RunLimits, *, with_nproc: bool) -> list[tuple[str, int]]:
@@ -80,6 +106,7 @@ def rlimits(limits: RunLimits, *, with_nproc: bool) -> list[tuple[str, int]]:
         ("RLIMIT_FSIZE", limits.max_file_mb << 20),
         ("RLIMIT_CPU", int(limits.cpu_seconds)),
         ("RLIMIT_CORE", 0),
+        ("RLIMIT_NOFILE", int(limits.max_open_files)),
     ]
     if with_nproc:
         pairs.append(("RLIMIT_NPROC", int(limits.max_processes)))
@@ -205,6 +232,13 @@ def bwrap_argv(
     return argv
 
 
+def joining_cgroup(cgroup: cgroups.KernelCgroup, argv: list[str]) -> list[str]:
+    """`argv` behind a shell that first moves itself into the cgroup, then execs it."""
+    files = [str(path) for path in cgroup.procs_files]
+    join = " && ".join(f'echo $$ > "${i + 1}"' for i in range(len(files)))
+    return ["/bin/sh", "-c", f'{join} && shift {len(files)} && exec "$@"', "sh", *files, *argv]
+
+
 _mpl_lock = threading.Lock()
 
 
@@ -243,10 +277,11 @@ class SandboxedKernel:
     def __init__(self, limits: RunLimits) -> None:
         self.limits = limits
         self.bwrap = find_bwrap()
-        if limits.require_sandbox and not self.bwrap:
+        gaps = isolation_gaps(self.bwrap)
+        if limits.require_sandbox and gaps:
             raise SandboxUnavailable(
-                "bwrap (bubblewrap) is required but was not found on PATH; install the "
-                "'bubblewrap' package or run without --require-sandbox"
+                "the full sandbox is required but " + "; ".join(gaps) + " (or run without "
+                "--require-sandbox)"
             )
         self.sandbox = describe(self.bwrap)
         self.lease = UidLease() if self.bwrap and os.geteuid() == 0 else None
@@ -256,10 +291,22 @@ class SandboxedKernel:
         self.workdir = self._new_workdir()
         self.connection = connection_info(self.workdir)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cgroup: cgroups.KernelCgroup | None = None
+        self.filtered = False  # the seccomp filter is installed
         self.killed_by_us = False
         self.peak_rss_mb = 0
         self._kernel_proc: psutil.Process | None = None
         self._log_fd = -1
+
+    def _isolate(self) -> None:
+        """Make the kernel's own cgroup (memory incl. shmem and tmpfs, processes) and decide
+        on the seccomp filter, where the machine allows; `sandbox` then says what is in force."""
+        self.cgroup, text = cgroups.new_kernel_cgroup(
+            self.limits.memory_mb, self.limits.max_processes
+        )
+        problem = seccomp.describe() if self.bwrap else ""
+        self.filtered = bool(self.bwrap) and not problem
+        self.sandbox = describe(self.bwrap, text, problem)
 
     def _new_workdir(self) -> Path:
         prefix = f"mbgd-{self.uid}-" if self.uid is not None else "mbgd-"
@@ -298,20 +345,37 @@ class SandboxedKernel:
         return inner
 
     def start(self) -> None:
-        """Launch the kernel process (returns at once; readiness is the client's job)."""
+        """Launch the kernel process (returns at once; readiness is the client's job).
+
+        With a cgroup, a shell joins it and then execs the launch, so bwrap and everything
+        below it are counted from their first instruction.
+        """
         self._prepare_workdir()
+        self._isolate()
         argv = self._argv()
         env = None if self.bwrap else kernel_env(self.workdir)
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_fd,
-            stderr=self._log_fd,
-            env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            cwd=self.workdir / "home",
-            start_new_session=True,
-            close_fds=True,
-        )
+        pass_fds: tuple[int, ...] = ()
+        if self.filtered:
+            filter_fd = seccomp.program_fd()
+            pass_fds = (filter_fd,)
+            argv[1:1] = ["--seccomp", str(filter_fd)]
+        if self.cgroup is not None:
+            argv = joining_cgroup(self.cgroup, argv)
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_fd,
+                stderr=self._log_fd,
+                env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                cwd=self.workdir / "home",
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=pass_fds,
+            )
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
 
     def seal(self) -> None:
         """Once the kernel has bound its sockets and imported pyplot: take the work dir back.
@@ -351,7 +415,10 @@ class SandboxedKernel:
                         self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) >> 10)
 
     def looks_out_of_memory(self) -> bool:
-        """After a death: was it a memory kill (SIGKILL from outside near the memory cap)?"""
+        """After a death: was it a memory kill? The cgroup's OOM record says so for certain;
+        without one, a SIGKILL from outside near the memory cap is taken as one."""
+        if self.cgroup is not None and self.cgroup.oom_kills() > 0:
+            return True
         tail = self.log_tail(2000)
         if any(s in tail for s in ("bad_alloc", "Cannot allocate memory", "MemoryError")):
             return True
@@ -383,10 +450,15 @@ class SandboxedKernel:
     def kill(self) -> None:
         """SIGKILL the kernel's whole tree and everything running as its uid. Idempotent.
 
-        Under bwrap the victim is the pid namespace's init (the outer bwrap's child): the
-        kernel then kills and reaps everything inside the namespace, the outer bwrap exits
-        and we reap it, so nothing is left as an orphan or zombie.
+        With a cgroup, everything in it is killed (nothing can leave it). Otherwise, under
+        bwrap the victim is the pid namespace's init (the outer bwrap's child): the kernel
+        then kills and reaps everything inside the namespace, the outer bwrap exits and we
+        reap it, so nothing is left as an orphan or zombie.
         """
+        if self.cgroup is not None:
+            if self.alive():
+                self.killed_by_us = True
+            self.cgroup.kill()
         if self.proc is not None and self.proc.poll() is None:
             self.killed_by_us = True
             with contextlib.suppress(psutil.Error):
@@ -401,14 +473,17 @@ class SandboxedKernel:
                 self.proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=5)
-        if self.uid is not None:
+        if self.uid is not None and self.cgroup is None:
             for proc in processes_of_uid(self.uid):  # anything that escaped the tree
                 with contextlib.suppress(psutil.Error):
                     proc.send_signal(signal.SIGKILL)
 
     def cleanup(self) -> None:
-        """Kill, delete the work dir, release the uid."""
+        """Kill, delete the work dir and the cgroup, release the uid."""
         self.kill()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
         if self._log_fd >= 0:
             os.close(self._log_fd)
             self._log_fd = -1

@@ -17,7 +17,8 @@ namespaces and forks a tiny init (pid 1 of the new pid namespace), which forks t
 - sets rlimits, rebuilds the environment from the allowlist it was sent, reseeds `random`
   and numpy's global RNG;
 - drops the capability bounding set, clears groups, becomes its own leased uid/gid
-  (which clears its capabilities) and sets no_new_privs;
+  (which clears its capabilities), sets no_new_privs and installs the harness's seccomp
+  filter (`grader.seccomp`: no new user namespaces, no mount/bpf/keyring/io_uring calls);
 then writes one byte to the ready pipe and becomes an ipykernel on the ipc connection file.
 
 The zygote exits when its stdin closes (the harness went away); kernels die with it through
@@ -45,6 +46,7 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_RDONLY, MS_REMOUNT = 1, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 READY_TIMEOUT = 20.0
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -91,6 +93,17 @@ def bind_back(fd: int, path: str, *, read_only: bool) -> None:
     if read_only:
         mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
     os.close(fd)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_filter(program: bytes) -> None:
+    """Load the harness's seccomp program (grader.seccomp) for this process and its children."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
@@ -140,6 +153,8 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    if req.get("seccomp"):
+        install_filter(bytes.fromhex(req["seccomp"]))
     os.write(ready_fd, b"1")
     os.close(ready_fd)
 
@@ -236,7 +251,8 @@ def main() -> None:
     out.flush()
     for line in sys.stdin:
         try:
-            req = {**json.loads(line), "ro_under_tmp": config["ro_under_tmp"]}
+            trusted = {key: config[key] for key in ("ro_under_tmp", "seccomp")}
+            req = {**json.loads(line), **trusted}
             reply = spawn(req)
         except Exception as exc:  # a bad request must not take the zygote down
             reply = {"ok": False, "error": repr(exc)}

@@ -137,6 +137,74 @@ while True:
     hog.append(b"x" * 2**28)
 """
 
+MEMFD_BOMB = """
+# Memory no process holds: anonymous files (memfd), each under the file-size limit, kept open
+import os
+held = []
+for _ in range(100):  # 100 x 60 MB = 6 GB, three times the kernel's memory budget
+    fd = os.memfd_create("mbgd-hostile-memfd")
+    os.posix_fallocate(fd, 0, 60 << 20)
+    held.append(fd)
+"""
+
+SYSV_SHM_BOMB = """
+# Memory no process holds: System V shared memory segments, touched, then detached
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+for _ in range(24):  # 24 x 256 MB = 6 GB
+    segment = libc.shmget(0, 256 << 20, 0o1600)  # IPC_PRIVATE | IPC_CREAT | 0600
+    if segment < 0:
+        break
+    address = libc.shmat(segment, None, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        break
+    ctypes.memset(address, 1, 256 << 20)
+    libc.shmdt(address)
+"""
+
+CHILDREN_MEMORY = """
+# Memory spread over children, each under the per-process address-space limit
+import os, time
+children = []
+for _ in range(6):  # 6 x 1.5 GB = 9 GB in all
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(1536 << 20)  # touched: every page is written
+        time.sleep(20)
+        os._exit(0)
+    children.append(pid)
+time.sleep(6)
+for pid in children:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+"""
+
+USERNS_TMPFS = """
+# Capabilities back through a new user namespace, then a tmpfs of any size to fill
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+    USERNS = "refused: " + os.strerror(ctypes.get_errno())
+else:
+    USERNS = "entered"
+    os.makedirs("/tmp/mbgd-hostile-big", exist_ok=True)
+    if libc.mount(b"none", b"/tmp/mbgd-hostile-big", b"tmpfs", 0, b"size=64g") == 0:
+        USERNS = "mounted"
+        for index in range(24):  # 24 x 256 MB = 6 GB
+            with open(f"/tmp/mbgd-hostile-big/{index}", "wb") as out:
+                for _ in range(4):
+                    out.write(b"x" * (64 << 20))
+print(USERNS)
+"""
+
 CPU_SPIN = """
 # Spin the CPU at top level, forever
 while True:
@@ -536,6 +604,10 @@ def samples(solved_lab: list[Cell]) -> dict[str, list[Cell] | bytes]:
     return {
         "hostile/fork_bomb.ipynb": after_solution(FORK_BOMB),
         "hostile/memory_bomb.ipynb": after_solution(MEMORY_BOMB),
+        "hostile/memfd_bomb.ipynb": after_solution(MEMFD_BOMB),
+        "hostile/sysv_shm_bomb.ipynb": after_solution(SYSV_SHM_BOMB),
+        "hostile/children_memory.ipynb": after_solution(CHILDREN_MEMORY),
+        "hostile/userns_tmpfs.ipynb": after_solution(USERNS_TMPFS),
         "hostile/cpu_spin_top.ipynb": only(CPU_SPIN),
         "hostile/cpu_spin_thread.ipynb": [code(CPU_SPIN_THREAD), *SOLUTION],
         "hostile/interrupt_catcher.ipynb": after_solution(INTERRUPT_CATCHER),

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from grader import cgroups
 from grader.uids import UID_BASE, UID_SLOTS
 from tests import manifest
 from tests.manifest import verdict_holds
@@ -34,6 +35,9 @@ HOSTILE = [s for s in manifest.SAMPLES if s["path"].startswith("hostile/")]
 LISTEN_PORTS = range(18080, 18091)
 MARKER = "mbgd-hostile"
 HARNESS_RSS_LIMIT = 2 * 2**30
+# Two kernels at a time, each within its 2 GB cgroup, plus the harness and the warm parent.
+MACHINE_MEMORY_LIMIT = 6 * 2**30
+MEMORY_ATTACKS = ("memfd_bomb", "sysv_shm_bomb", "children_memory", "userns_tmpfs")
 
 pytestmark = [
     pytest.mark.slow,
@@ -160,15 +164,18 @@ def hostile_batch(tmp_path_factory):
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     harness = psutil.Process(process.pid)
     peak_rss = 0
+    available_before = psutil.virtual_memory().available
+    least_available = available_before
     while process.poll() is None:
         try:
             peak_rss = max(peak_rss, harness.memory_info().rss)
         except psutil.NoSuchProcess:
             break
+        least_available = min(least_available, psutil.virtual_memory().available)
         if time.monotonic() - started > 900:
             process.kill()
             pytest.fail("the hostile batch did not finish in 15 minutes")
-        time.sleep(0.5)
+        time.sleep(0.2)
     output = process.stdout.read().decode(errors="replace")
     time.sleep(1)  # let teardown of the last kernels settle before looking for leftovers
     listener.close()
@@ -178,6 +185,7 @@ def hostile_batch(tmp_path_factory):
         "out": out,
         "seconds": time.monotonic() - started,
         "peak_rss": peak_rss,
+        "machine_memory_used": available_before - least_available,
         "contacts": list(listener.contacts),
         "planted": sorted(set(planted_files()) - set(planted_before)),
         "leftovers": orphaned_sandbox_processes(),
@@ -254,3 +262,22 @@ def test_reports_escape_learner_html(hostile_batch):
     assert "&lt;script&gt;" in page
     summary = (hostile_batch["out"] / "summary.html").read_text()
     assert "<script>alert(" not in summary
+
+
+def test_memory_outside_any_address_space_is_counted(hostile_batch, results):
+    """memfd files, detached System V segments and many children each under RLIMIT_AS: the
+    kernel's cgroup counts them all, so the machine never gives more than each kernel's
+    budget, and a kernel killed for it is reported as out of memory, not as a crash."""
+    assert hostile_batch["machine_memory_used"] < MACHINE_MEMORY_LIMIT
+    for name in ("memfd_bomb", "sysv_shm_bomb"):
+        runs = next(c for c in results[f"hostile/{name}"]["checks"] if c["id"] == "notebook.runs")
+        assert "ran out of memory" in runs["message"], (name, runs["message"])
+
+
+def test_the_sandbox_said_what_was_in_force(results):
+    if isinstance(cgroups.locate(), str):
+        pytest.skip(f"no per-kernel cgroups here: {cgroups.locate()}")
+    for name in MEMORY_ATTACKS:
+        sandbox = results[f"hostile/{name}"]["sandbox"]
+        assert sandbox.startswith("bubblewrap"), sandbox
+        assert "cgroup" in sandbox and "seccomp" in sandbox and "no " not in sandbox, sandbox

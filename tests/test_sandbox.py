@@ -18,6 +18,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import grader.sandbox
 import grader.uids
+from grader import cgroups
 from grader.run import RunLimits, SandboxUnavailable, execute
 
 pytestmark = pytest.mark.slow
@@ -93,7 +94,13 @@ def probe_cells(port: int, secret_files: list[Path]) -> dict[str, str]:
         "rlimits": (
             "import resource\n"
             "LIMITS = [resource.getrlimit(getattr(resource, n))[0] for n in "
-            "('RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_CPU', 'RLIMIT_NPROC')]"
+            "('RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_CPU', 'RLIMIT_NPROC', 'RLIMIT_NOFILE')]"
+        ),
+        "userns": (
+            "import ctypes, os\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "assert libc.unshare(0x10000000 | 0x00020000) == 0, os.strerror(ctypes.get_errno())\n"
+            "NEWUSER = [1]"
         ),
         "memory": "import numpy as np\nHOG = np.ones(2 * 1024**3 // 8)",
     }
@@ -124,7 +131,9 @@ def walls():
 @needs_bwrap
 def test_notebook_ran_sandboxed(walls) -> None:
     ex, cell, _, _ = walls
-    assert ex.sandbox == "bubblewrap" and ex.fate == "ok"
+    assert ex.sandbox.startswith("bubblewrap") and ex.fate == "ok"
+    if not isinstance(cgroups.locate(), str):  # where the machine has them, they are used
+        assert ex.sandbox == f"bubblewrap + {cgroups.locate().describe()} + seccomp"
     assert cell["control"].status == "ok" and ex.variables["OK"].values == [1.0]
 
 
@@ -168,9 +177,9 @@ def test_unprivileged_uid_and_own_pid_namespace(walls) -> None:
 @needs_bwrap
 def test_rlimits_are_in_force(walls) -> None:
     ex, cell, _, _ = walls
-    as_, fsize, cpu, nproc = ex.variables["LIMITS"].values
+    as_, fsize, cpu, nproc, nofile = ex.variables["LIMITS"].values
     assert as_ == LIMITS.memory_mb << 20 and fsize == LIMITS.max_file_mb << 20
-    assert cpu == LIMITS.cpu_seconds
+    assert cpu == LIMITS.cpu_seconds and nofile == LIMITS.max_open_files
     if os.geteuid() == 0:
         assert nproc == LIMITS.max_processes
     assert cell["file_size"].status == "error"  # 9 MB > max_file_mb
@@ -182,6 +191,24 @@ def test_rlimits_are_in_force(walls) -> None:
         )
     assert cell["memory"].status == "error" and cell["memory"].error_name == "MemoryError"
     assert "HOG" not in ex.variables
+
+
+@needs_bwrap
+def test_no_new_user_namespace(walls) -> None:
+    """unshare(CLONE_NEWUSER) would give capabilities back (and mounts of any size)."""
+    _, cell, _, _ = walls
+    assert cell["userns"].status == "error"
+    assert "Operation not permitted" in cell["userns"].error_value
+
+
+@needs_bwrap
+def test_without_cgroups_the_full_sandbox_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(cgroups, "locate", lambda refresh=False: "turned off for this test")
+    with pytest.raises(SandboxUnavailable, match="no per-kernel cgroup.*turned off"):
+        execute(new_notebook(cells=[new_code_cell("x = [1]")]), RunLimits(require_sandbox=True))
+    ex = execute(new_notebook(cells=[new_code_cell("x = [1]")]), LIMITS)
+    assert ex.sandbox == "bubblewrap + seccomp (no cgroup: turned off for this test)"
+    assert ex.variables["x"].values == [1.0]
 
 
 def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:

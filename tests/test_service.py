@@ -488,6 +488,38 @@ def test_learner_code_cannot_read_the_service_secrets(service: Service, lms: Fak
         assert secret.removeprefix("whsec_").lower() not in text
 
 
+# Hostile notebooks that attack the grader's host rather than their own grade (issue 12).
+SERVICE_HOSTILE = ("memfd_bomb", "children_memory", "userns_tmpfs")
+
+
+@pytest.mark.skipif(not KernelPool.available(), reason="the hostile corpus runs only sandboxed")
+def test_hostile_notebooks_do_not_stop_the_service(service: Service, lms: FakeLMS) -> None:
+    """While memory bombs grade, /healthz keeps answering and an honest learner is graded."""
+    ids = {f"hostile-{name}": name for name in SERVICE_HOSTILE}
+    for sid, name in ids.items():
+        raw = (ROOT / "submissions" / "hostile" / f"{name}.ipynb").read_bytes()
+        assert post(service.base, submission(sid, raw=raw, callback_url=lms.url)).status_code == 202
+    honest = submission("hostile-honest", tiny_notebook("honest"), callback_url=lms.url)
+    assert post(service.base, honest).status_code == 202
+    waits, done = [], set()
+    deadline = time.monotonic() + 240
+    while done != {*ids, "hostile-honest"} and time.monotonic() < deadline:
+        started = time.monotonic()
+        assert httpx.get(f"{service.base}/healthz", timeout=5).status_code == 200
+        waits.append(time.monotonic() - started)
+        done = {sid for sid in (*ids, "hostile-honest") if lms.for_submission(sid)}
+        time.sleep(0.5)
+    got = lms.wait_for({*ids, "hostile-honest"}, timeout=5)
+    assert max(waits) < 2.0, waits
+    for sid in ids:
+        result = got[sid][-1].body["result"]
+        assert result["score"] == 10, (sid, result["output"])
+    memfd = got["hostile-memfd_bomb"][-1].body["result"]
+    assert "ran out of memory" in json.dumps(memfd["tests"])
+    assert got["hostile-honest"][-1].body["score"]["gradingProgress"] == "FullyGraded"
+    assert service.proc.poll() is None
+
+
 def test_duplicate_delivery_grades_once_and_calls_back_once(service: Service, lms: FakeLMS) -> None:
     payload = submission("dup-1", callback_url=lms.url)
     first = post(service.base, payload, msg_id="msg_dup_1")
@@ -741,7 +773,13 @@ def test_same_flow_with_a_broker_and_a_real_worker(
         tiny = submission("broker-tiny", callback_url=lms.url)
         assert post(svc.base, tiny).status_code == 202
         assert post(svc.base, tiny, at=time.time() - 400).status_code == 401
-        got = lms.wait_for({"broker-correct", "broker-tiny"}, timeout=180)
+        waiting = {"broker-correct", "broker-tiny"}
+        if KernelPool.available():  # a memory bomb on the worker: graded, the worker goes on
+            raw = (ROOT / "submissions" / "hostile" / "memfd_bomb.ipynb").read_bytes()
+            bomb = submission("broker-memfd", raw=raw, callback_url=lms.url)
+            assert post(svc.base, bomb).status_code == 202
+            waiting.add("broker-memfd")
+        got = lms.wait_for(waiting, timeout=180)
         (delivery,) = got["broker-correct"]
         score = delivery.body["score"]
         assert delivery.verified and score["scoreGiven"] == score["scoreMaximum"] == 10
@@ -753,6 +791,9 @@ def test_same_flow_with_a_broker_and_a_real_worker(
         warm = "warm" if KernelPool.available() else "fresh"  # each worker child's pool
         assert delivery.body["result"]["extra_data"]["kernel_origin"] == warm
         assert got["broker-tiny"][0].body["score"]["scoreGiven"] < 10
+        if "broker-memfd" in got:
+            result = got["broker-memfd"][0].body["result"]
+            assert result["score"] == 10 and "ran out of memory" in json.dumps(result["tests"])
         assert celery_worker.poll() is None
     finally:
         svc.stop()
