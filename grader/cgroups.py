@@ -119,8 +119,19 @@ def _v2(group: str, mounts: list[Mount]) -> Hierarchy | str:
             return "the memory and pids controllers are not available in cgroup v2 here"
         if not os.access(own, os.W_OK):
             return "cgroups are not writable (run as root or delegate a cgroup)"
+        parent = own.parent
+        if own.name == HARNESS_LEAF and {"memory", "pids"} <= _enabled(parent):
+            return Hierarchy(2, parent, parent)  # a harness before us delegated already
         return _delegate_v2(own)
     return "the cgroup v2 hierarchy of this process is not mounted"
+
+
+def _enabled(group: Path) -> set[str]:
+    """The controllers a v2 group hands to its children."""
+    try:
+        return set((group / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return set()
 
 
 def _delegate_v2(own: Path) -> Hierarchy | str:

@@ -61,6 +61,12 @@ def test_v2_layout_found_in_a_fake_hierarchy(tmp_path: Path) -> None:
     found = cgroups._v2("/pod1/harness", [mount])
     assert found == cgroups.Hierarchy(2, own, own)
     assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+    # A second harness process already moved into the leaf uses the delegated parent.
+    leaf = own / cgroups.HARNESS_LEAF
+    leaf.mkdir()
+    (leaf / "cgroup.controllers").write_text("memory pids\n")
+    (own / "cgroup.subtree_control").write_text("memory pids")
+    assert cgroups._v2("/pod1/harness/mbgd-harness", [mount]) == cgroups.Hierarchy(2, own, own)
     (own / "cgroup.controllers").write_text("cpu\n")
     assert "not available" in cgroups._v2("/pod1/harness", [mount])
 
