@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import os
 import re
-import secrets
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from grader import __version__
+from grader.integrity import new_key
 from grader.models import GradeResult
 from grader.report_writer import BackgroundReports, write_or_note
 from grader.store import SECRET_SEED, Gradebook, grade_key
@@ -40,7 +40,7 @@ SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", "__MACOSX"}
 
 
 class BatchError(Exception):
-    """A usage problem (missing path, no notebooks, bad seed): exit code 2."""
+    """A usage problem (missing path, no notebooks): exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class BatchOutcome:
     graded: int = 0
     skipped: int = 0
     harness_errors: list[str] = field(default_factory=list)
-    secret_seed: int | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
 
 # -- discovery -------------------------------------------------------------------------------
@@ -165,30 +165,27 @@ def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[
 # -- options and keys ------------------------------------------------------------------------
 
 
-def secret_seed(book: Gradebook) -> int:
-    """The integrity seed of this gradebook: from $MBGD_SECRET_SEED, else the recorded one,
-    else a fresh random one; recorded either way so a resumed batch uses the same seed."""
-    text = os.environ.get(SEED_ENV, "").strip() or book.get_meta(SECRET_SEED)
-    if text:
-        try:
-            seed = int(text)
-        except ValueError:
-            raise BatchError(f"${SEED_ENV} must be an integer") from None
-    else:
-        seed = secrets.randbelow(2**31 - 3) + 2
-    if seed == 1:
-        raise BatchError(f"${SEED_ENV} must not be 1: seed 1 is the lab's own seed")
-    book.set_meta(SECRET_SEED, str(seed))
-    return seed
+def secret_key(book: Gradebook) -> str:
+    """The integrity key of this gradebook: $MBGD_SECRET_SEED, else the recorded one, else a
+    fresh random one; recorded either way so a resumed batch derives the same seeds.
+
+    Each submission's secret seed is derived from it (`grader.integrity.derive_seed`). A
+    gradebook written when this held one seed for everybody keeps its number as its key.
+    """
+    key = os.environ.get(SEED_ENV, "").strip() or (book.get_meta(SECRET_SEED) or "").strip()
+    if not key:
+        key = new_key()
+    book.set_meta(SECRET_SEED, key)
+    return key
 
 
 def keyed(items: list[Item], options: GradeOptions) -> list[Item]:
     from grader.pipeline import rubric_fingerprint
 
     fingerprint = rubric_fingerprint(options)
-    seed = options.secret_seed if options.integrity else None
+    key = options.secret_key if options.integrity else None
     return [
-        Item(**{**i.__dict__, "key": grade_key(i.sha256, fingerprint, __version__, seed)})
+        Item(**{**i.__dict__, "key": grade_key(i.sha256, fingerprint, __version__, key)})
         for i in items
     ]
 
@@ -248,14 +245,14 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     with Gradebook(out / "gradebook.sqlite") as book:
         if options.integrity:
-            options = options.model_copy(update={"secret_seed": secret_seed(book)})
+            options = options.model_copy(update={"secret_key": secret_key(book)})
         items = keyed(items, options)
         keys = {i.submission: i.key for i in items}
-        # Unchanged: a readable row graded under the same key (content, rubric, version, seed).
+        # Unchanged: a readable row graded under the same key (content, rubric, version, key).
         done = [row for row in book.rows(keys) if keys[row.submission] == row.key]
         finished = {row.submission for row in done}
         pending = [i for i in items if i.submission not in finished]
-        outcome = BatchOutcome(items=items, results={}, secret_seed=options.secret_seed)
+        outcome = BatchOutcome(items=items, results={}, secret_key=options.secret_key)
         for row in done:
             outcome.results[row.submission] = row.result
             outcome.skipped += 1

@@ -89,8 +89,9 @@ def serve(host: str, port: int, db: str | None, broker: str | None, slots: int |
 @click.option(
     "--integrity",
     is_flag=True,
-    help="Re-run each notebook with a secret seed ($MBGD_SECRET_SEED, else random per "
-    "gradebook) and flag answers that do not follow it (hard-coded or copied numbers).",
+    help="Re-run each notebook with a secret seed of its own (derived from the key "
+    "$MBGD_SECRET_SEED, else one drawn per gradebook) and flag answers that do not follow "
+    "it (hard-coded or copied numbers).",
 )
 @click.option("--require-sandbox", is_flag=True, help="Refuse to run without bubblewrap.")
 @click.option(

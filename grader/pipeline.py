@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from grader import __version__
 from grader.checks import evaluate
 from grader.compare import Tolerance, starts_with
 from grader.forgery import hard_coded_cells
+from grader.integrity import derive_seed, new_key
 from grader.models import CheckResult, Execution, GradeResult
 from grader.rubric import Rubric, load_rubric
 from grader.run import RunLimits, execute_async
@@ -35,7 +35,20 @@ class GradeOptions(BaseModel):
     rubric_path: str | None = None  # None: the default rubric shipped with the package
     limits: RunLimits = Field(default_factory=RunLimits)
     integrity: bool = False  # re-run with a secret seed; hard-coded answers then fail
-    secret_seed: int | None = None  # None with integrity: a fresh random seed
+    # The integrity key: each submission's secret seed is derived from it and the notebook's
+    # sha256 (grader.integrity). None with integrity: a fresh random key, so a random seed.
+    secret_key: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_was_the_key(cls, data: Any) -> Any:
+        """`secret_seed=N` (the field before keys) is now the key "N"."""
+        if isinstance(data, dict) and "secret_seed" in data:
+            data = dict(data)
+            seed = data.pop("secret_seed")
+            if seed is not None and data.get("secret_key") is None:
+                data["secret_key"] = str(seed)
+        return data
 
     def rubric(self) -> Rubric:
         return load_rubric(self.rubric_path)
@@ -83,17 +96,43 @@ def _status(result: GradeResult, execution: Execution) -> str:
     return "crashed"
 
 
+RERUN_FAILED = "the secret-seed re-run failed inside the grader (not the learner's doing)"
+
+
+async def _secret_seed_rerun(
+    submission: Submission, options: GradeOptions, answer_name: str | None, seed: int
+) -> list[float] | None:
+    """Run the notebook again with `seed`; return only the values of `answer_name` there.
+
+    Nothing else of this run may leave this function: its notes, errors, other variables,
+    figures and duration could all carry the seed (the learner's code knows it while it runs)
+    to a result the learner sees. Its failures are reported with fixed texts only.
+    """
+    try:
+        second = await execute_async(submission.notebook, options.limits, seed_override=seed)
+    except OSError:
+        raise OSError(RERUN_FAILED) from None  # an OSError: the Celery task is retried
+    except Exception:  # noqa: BLE001 - whatever it says stays here
+        raise RuntimeError(RERUN_FAILED) from None
+    if second.fate == "not_started":  # no kernel: that is no evidence against the learner
+        raise OSError(RERUN_FAILED + ": its kernel did not start")
+    variable = second.variables.get(answer_name or "")
+    return None if variable is None else list(variable.values)
+
+
 def _integrity_check(
-    first: GradeResult, second: Execution, rubric: Rubric, secret_seed: int
+    first: GradeResult, values: list[float] | None, rubric: Rubric, secret_seed: int
 ) -> CheckResult:
-    """Same code, secret seed: a computed answer follows the seed, a hard-coded one does not."""
+    """Same code, secret seed: a computed answer follows the seed, a hard-coded one does not.
+
+    `values`: the answer's values in the re-run (None: it had no such variable). Every message
+    is a fixed text: nothing of the re-run or of its seed may reach the learner."""
     spec = rubric.check("integrity.seed")
     assert spec is not None
     tol = Tolerance(rubric.answer.rtol, rubric.answer.atol)
     want = expected(seed=secret_seed, epochs=rubric.answer.epochs)["LOSS20"]
     values_passed = any(c.id == "loss20.values" and c.passed for c in first.checks)
-    variable = second.variables.get(first.answer_name or "")
-    follows_seed = variable is not None and starts_with(variable.values, want, tol)
+    follows_seed = values is not None and starts_with(values, want, tol)
     if not values_passed:
         message = "Not checked: LOSS20 does not match the reference for seed 1."
         passed = True
@@ -143,11 +182,15 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
     if options.integrity:
         rubric = rubric.with_integrity()
     execution = await execute_async(submission.notebook, options.limits)
-    result = evaluate(execution, rubric)
+    result = await asyncio.to_thread(evaluate, execution, rubric)  # off the event loop
+    # What the learner is shown of the time: the first run's only. The re-run's duration is
+    # the learner's code's to choose, knowing the secret seed.
+    seconds = round(time.monotonic() - started, 3)
     if options.integrity:
-        secret_seed = options.secret_seed or secrets.randbelow(2**31 - 2) + 2
-        second = await execute_async(submission.notebook, options.limits, seed_override=secret_seed)
-        check = _integrity_check(result, second, rubric, secret_seed)
+        key = options.secret_key or new_key()
+        secret_seed = derive_seed(key, submission.sha256, avoid={rubric.answer.seed})
+        values = await _secret_seed_rerun(submission, options, result.answer_name, secret_seed)
+        check = _integrity_check(result, values, rubric, secret_seed)
         result.checks = [c for c in result.checks if c.id != check.id] + [check]
         result.integrity = "passed" if check.passed else "flagged"
         if not check.passed:
@@ -158,7 +201,7 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name
     result.grader_version = __version__
-    result.seconds = round(time.monotonic() - started, 3)
+    result.seconds = seconds
     return result
 
 

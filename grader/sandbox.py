@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-from grader import cgroups, seccomp
+from grader import cgroups, kernel_view, seccomp
 from grader.uids import UidLease, processes_of_uid, sweep_stale_workdirs
 
 SANDBOXED = "bubblewrap"
@@ -171,8 +171,11 @@ def connection_info(workdir: Path) -> dict[str, object]:
 
 
 def ro_binds() -> list[str]:
-    """Host paths the kernel needs read-only (besides /usr): Python, the venv, a few /etc bits."""
+    """Host paths the kernel needs read-only (besides /usr): Python, the venv, the site dirs
+    that `.pth` files add to `sys.path` (`kernel_view.pth_site_dirs`: never the cwd or a source
+    checkout), a few /etc bits. What of the grader lies in them is hidden (`bwrap_argv`)."""
     paths = {sys.base_prefix, sys.prefix, os.path.realpath(sys.base_prefix)}
+    paths |= set(kernel_view.pth_site_dirs())
     paths |= {p for p in ("/etc/ld.so.cache", "/etc/fonts", "/etc/localtime") if os.path.exists(p)}
     return sorted(p for p in paths if not p.startswith("/usr/") and p != "/usr")
 
@@ -211,7 +214,8 @@ def bwrap_argv(
     size = ["--size", str(disk_mb << 20)] if disk_mb else []
     argv += ["--perms", "1777", *size, "--tmpfs", "/tmp"]
     made = {"/", "/tmp", "/usr", "/proc", "/dev"}
-    for path in [*ro_binds(), str(workdir)]:
+    binds = ro_binds()
+    for path in [*binds, str(workdir)]:
         parents = list(Path(path).parents)[::-1][1:]  # bwrap would create these 0700
         for parent in map(str, parents):
             if parent not in made:
@@ -220,6 +224,9 @@ def bwrap_argv(
         bind = "--bind" if path == str(workdir) else "--ro-bind"
         argv += [bind, path, path]
         made.add(path)
+    # the grader's own packages, rubric, sources and install record, wherever the binds
+    # show them: behind empty read-only mounts (issue 12; forked kernels inherit these)
+    argv += kernel_view.mask_argv(binds)
     home = workdir / "home" if disk_mb else workdir
     if disk_mb:
         argv += ["--perms", "0777", *size, "--tmpfs", str(home)]

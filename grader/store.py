@@ -2,7 +2,7 @@
 
 SQLite in WAL mode with one transaction per result means a Ctrl-C or a `kill -9` of the
 batch loses only the submissions that were still being graded. Each row carries the key
-(content hash + rubric fingerprint + grader version + integrity seed) its grade was computed
+(content hash + rubric fingerprint + grader version + integrity key) its grade was computed
 under, so a re-run skips what is unchanged and re-grades a changed notebook.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from grader.integrity import key_digest
 from grader.models import GradeResult
 
 SCHEMA = """
@@ -38,12 +39,16 @@ CREATE INDEX IF NOT EXISTS submissions_key ON submissions (key);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# The integrity key (grader.integrity). The name is from when it held the one secret seed of
+# every submission; such a gradebook's number is now its key.
 SECRET_SEED = "integrity_secret_seed"
 
 
-def grade_key(sha256: str, rubric_fingerprint: str, grader_version: str, seed: int | None) -> str:
-    """The identity of a grade: the same key means the same verdict, so it need not be redone."""
-    integrity = "off" if seed is None else f"seed={seed}"
+def grade_key(sha256: str, rubric_fingerprint: str, grader_version: str, secret: str | None) -> str:
+    """The identity of a grade: the same key means the same verdict, so it need not be redone.
+
+    `secret`: the integrity key, None without --integrity (it enters as a digest only)."""
+    integrity = "off" if secret is None else f"key={key_digest(str(secret))}"
     text = f"{sha256}\n{rubric_fingerprint}\n{grader_version}\n{integrity}"
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -588,6 +588,74 @@ for i in range(600):
     plt.show()
 """
 
+# --- the answer key (issue 12) ----------------------------------------------------------------
+
+ANSWER_KEY = """
+# Use the grader's own answer key if this kernel can reach it (a regular install puts it in
+# site-packages): `reference.expected` gives every list for whatever seed this run uses, seed 1
+# or the secret seed of an --integrity re-run. Also look for the grader's rubric, sources and
+# install record. FOUND keeps the findings as byte values (the probe reports numeric lists).
+import glob, importlib.metadata, json, os, site, sys
+import torch
+import matplotlib.pyplot as plt
+
+torch.manual_seed(1)
+found = {"imports": [], "rubric": [], "sources": [], "record": [], "packages": []}
+expected = None
+try:
+    from reference import expected
+    found["imports"].append("reference")
+except Exception as error:
+    print("reference:", type(error).__name__, error)
+try:
+    import grader
+    found["imports"].append("grader")
+except Exception as error:
+    print("grader:", type(error).__name__, error)
+
+def read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(200_000).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+places = [p for p in sys.path if p and os.path.isdir(p)]
+places += [p for p in site.getsitepackages() if os.path.isdir(p)]
+for place in dict.fromkeys(places):
+    for path in glob.glob(os.path.join(place, "*", "default_rubric.toml")):
+        if "[[checks]]" in read(path):
+            found["rubric"].append(path)
+    for name in ("grader", "reference"):
+        if os.path.isdir(os.path.join(place, name)):
+            found["packages"].append(os.path.join(place, name))
+        for path in glob.glob(os.path.join(place, name, "*.py")):
+            text = read(path)
+            if "def " in text or "from reference" in text or "version(" in text:
+                found["sources"].append(path)
+    for path in glob.glob(os.path.join(place, "*.dist-info", "RECORD")):
+        lines = read(path).splitlines()
+        if any(line.startswith(("grader/", "reference/", "mbgd_grader")) for line in lines):
+            found["record"].append(path)
+try:
+    text = importlib.metadata.distribution("mbgd-grader").read_text("RECORD") or ""
+    if text:
+        found["record"].append("importlib.metadata: mbgd-grader RECORD")
+except Exception as error:
+    print("metadata:", type(error).__name__, error)
+
+if expected is not None:
+    answers = expected(seed=torch.initial_seed())
+    LOSS_BGD, LOSS_SGD = answers["LOSS_BGD"], answers["LOSS_SGD"]
+    LOSS_MINI5, LOSS_MINI10, LOSS20 = answers["LOSS_MINI5"], answers["LOSS_MINI10"], answers["LOSS20"]
+else:  # no answer key: no training either, just numbers
+    LOSS_BGD, LOSS_SGD, LOSS_MINI5, LOSS_MINI10, LOSS20 = (
+        [100.0 / (k + j + 1) for k in range(10)] for j in range(5)
+    )
+FOUND = list(json.dumps(found, sort_keys=True).encode())[:9000]
+print(found)
+"""
+
 KERNELSPEC_CELLS = [
     code(
         """
@@ -645,6 +713,8 @@ def samples(solved_lab: list[Cell]) -> dict[str, list[Cell] | bytes]:
         "hostile/nbformat3.ipynb": nbformat3_notebook(),
         "hostile/non_string_source.ipynb": non_string_source(),
         "hostile/deep_nesting.ipynb": deep_nesting(),
+        # the answer key (issue 12)
+        "hostile/answer_key.ipynb": [code(ANSWER_KEY), SOLUTION[3]],
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.batch import BatchError, discover
+from grader.integrity import derive_seed
 from grader.models import Curve, GradeResult
 from grader.store import Gradebook
 from reference import expected, make_data
@@ -357,14 +359,19 @@ def test_integrity_flags_copied_numbers_and_keeps_the_seed_secret(tmp_path):
     assert rows["copied"]["diagnosis"] == "hard_coded"
 
     with sqlite3.connect(out / "gradebook.sqlite") as conn:
-        (seed,) = conn.execute(
+        (key,) = conn.execute(
             "SELECT value FROM meta WHERE name = 'integrity_secret_seed'"
         ).fetchone()
-    assert int(seed) > 1
+    assert len(key) == 64  # a key drawn for this gradebook; each notebook's seed comes from it
+    seeds = [
+        str(derive_seed(key, hashlib.sha256(path.read_bytes()).hexdigest(), avoid={1}))
+        for path in folder.glob("*.ipynb")
+    ]
     shown = [proc.stdout, proc.stderr, (out / "gradebook.csv").read_text()]
     shown += [p.read_text() for p in out.rglob("*.json")]
     shown += [p.read_text() for p in out.rglob("*.html")]
-    assert not any(seed in text for text in shown), "the secret seed leaked"
+    for secret in (key, *seeds):
+        assert not any(secret in text for text in shown), "the secret seed leaked"
     assert "copied" in (out / "summary.html").read_text()
 
     # Resuming reuses the recorded seed, so nothing is graded twice.

@@ -7,6 +7,7 @@ the slow tests grade real notebooks with the real pipeline and check what lands 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -19,6 +20,7 @@ import matplotlib.image
 import nbformat
 import pytest
 
+from grader.integrity import derive_seed
 from grader.models import CellRun, CheckResult, Curve, Execution, GradeResult
 from grader.plot import clean_label, curves_png
 from grader.report import feedback_html, gradescope_json, short_traceback, write_reports
@@ -307,13 +309,15 @@ def test_secret_seed_is_never_reported(tmp_path):
         "LOSS20 = [float(torch.initial_seed())] * 10",
         "raise ValueError(f'seed in use: {torch.initial_seed()}')",
     )
-    options = GradeOptions(integrity=True, secret_seed=secret)
+    options = GradeOptions(integrity=True, secret_seed=secret)  # the key, now
     result = grade(source, name="seeded.ipynb", options=options)
     write_reports(result, tmp_path)
     page = (tmp_path / "feedback.html").read_text()
     assert "seed in use: 1" in page  # the learner's error text does reach the page ...
+    seed = derive_seed(str(secret), hashlib.sha256(source).hexdigest(), avoid={1})
     for name in ("results.json", "feedback.html"):
-        assert str(secret) not in (tmp_path / name).read_text()  # ... but not the secret run's
+        text = (tmp_path / name).read_text()
+        assert str(secret) not in text and str(seed) not in text  # ... but not the secret run's
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["extra_data"]["integrity"] != "not_checked"  # the secret-seed run did happen
 
