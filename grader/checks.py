@@ -2,6 +2,12 @@
 
 Each check is one small function returning a `CheckResult`; `evaluate` finds the answer once
 and hands every check the same facts, so the messages never contradict each other.
+
+Cost: the probe reader caps what an Execution holds (200 variables of at most 10,000 values,
+500 figures, 5,000 lines and 1,000,000 values over all figures); every step here is linear
+in that, so `evaluate` takes well under a second at the caps. It runs in a worker thread
+(the pipeline keeps it off the event loop that feeds the kernels); the one step that touches
+torch's global RNG (the reference's shuffled-loader replay) holds its own lock.
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ def check_notebook_runs(spec: CheckSpec, facts: Facts) -> CheckResult:
             parts.append(f"cell {cell.index} raised {cell.error_name}: {cell.error_value}")
         elif cell.status == "timeout":
             parts.append(f"cell {cell.index} did not finish in time and was stopped")
+        elif cell.error_name == "ProtocolError":  # the harness stopped listening to it
+            parts.append(f"while running cell {cell.index}, {cell.error_value}")
         else:
             parts.append(f"the kernel died while running cell {cell.index}")
     if len(failed) > 5:

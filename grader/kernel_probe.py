@@ -13,7 +13,9 @@ What it does:
   torch otherwise) and says so in a note;
 - after each cell, publishes the candidate answer variables (numeric lists, tuples, arrays,
   tensors) whose fingerprint changed, so the harness knows which cell last changed each one;
-- with a seed override, makes `torch.manual_seed(any)` seed with the override instead.
+- with a seed override, makes `torch.manual_seed(any)` seed with the override instead;
+- makes `input()` and `getpass.getpass()` fail at once with a message that says why (the
+  harness never answers input requests, and tells the kernel so).
 
 Records leave the kernel as display_data messages with a per-run MIME type, JSON text inside
 (NaN and infinities as JSON tokens). The harness treats them as untrusted: it size-caps,
@@ -40,6 +42,11 @@ MAX_CANDIDATES = 200  # variables reported per cell
 MAX_LINES = 50  # lines per axes
 MAX_AXES = 20  # axes per figure
 MAX_FIGURES = 500  # figures per run
+MAX_RECORD_CHARS = 8 << 20  # = grader.probe.MAX_RECORD_BYTES: a longer record is not sent
+INPUT_MESSAGE = (  # = grader.probe.INPUT_MESSAGE
+    "input() is not available when the notebook is graded: remove the call or give the "
+    "value directly"
+)
 HIDDEN = {"In", "Out", "exit", "quit", "get_ipython"}
 Flat = tuple[list[float], int]
 PLOT_METHODS = (
@@ -87,6 +94,10 @@ def install(mime: str, seed_override: int | None) -> None:
         try:
             text = dumps(payload, allow_nan=True)
         except (TypeError, ValueError):
+            return
+        if len(text) > MAX_RECORD_CHARS:  # the harness would drop it; say so instead
+            if kind != "note":
+                note(f"a {kind} record was too large to send")
             return
         publish(data={mime: text}, metadata={})
 
@@ -290,6 +301,20 @@ def install(mime: str, seed_override: int | None) -> None:
 
         torch.manual_seed = manual_seed
         torch.random.manual_seed = manual_seed
+
+    # ---- input() and getpass() -------------------------------------------------------------
+    # ipykernel installs kernel.raw_input / kernel.getpass as builtins.input / getpass.getpass
+    # for every execute request; the harness sends allow_stdin=False, so they would raise
+    # StdinNotImplementedError anyway, with a message about frontends. This one says why.
+    kernel = getattr(ip, "kernel", None)
+    if kernel is not None:
+        from IPython.core.error import StdinNotImplementedError
+
+        def no_input(*args: Any, **kwargs: Any) -> str:
+            raise StdinNotImplementedError(INPUT_MESSAGE)
+
+        kernel.raw_input = no_input
+        kernel.getpass = no_input
 
     # ---- hooks ----------------------------------------------------------------------------
     def after_cell(result: Any = None) -> None:

@@ -8,6 +8,11 @@ Everything that comes back is untrusted: a record is read only from a display_da
 carrying this run's random MIME type, is size-capped before parsing, parsed with `json.loads`
 (never pickle; NaN and infinities are allowed tokens) and validated into the pydantic models.
 Anything malformed is dropped and counted in a note rather than trusted or raised.
+
+The probe's own caps (values per variable or line, lines per axes, axes per figure, figures,
+variables) are enforced here again, plus caps on everything kept for one run (lines, values),
+so what the checks later walk is bounded whatever the kernel sends: a record over any of them
+is dropped whole. Short texts (titles, labels, legend entries, type names) are cut.
 """
 
 from __future__ import annotations
@@ -24,8 +29,19 @@ from grader.models import Axes, Figure, Variable
 MAX_RECORD_BYTES = 8 << 20  # one figure/variables record
 MAX_TOTAL_BYTES = 64 << 20  # everything one run may send us
 MAX_FIGURES = 500
+MAX_AXES = 20  # per figure
+MAX_LINES = 50  # per axes
+MAX_LEGEND = 50  # legend entries per axes
+MAX_VALUES = 10_000  # per variable, and per line's x or y
 MAX_VARIABLES = 200
+MAX_FIGURE_LINES = 5_000  # lines kept over all figures of a run
+MAX_FIGURE_VALUES = 1_000_000  # x and y values kept over all figures of a run
+MAX_TEXT = 500  # characters of a title, label, legend entry
 MAX_NOTES = 20
+INPUT_MESSAGE = (
+    "input() is not available when the notebook is graded: remove the call or give the "
+    "value directly"
+)
 _SOURCE = Path(__file__).with_name("kernel_probe.py").read_text(encoding="utf-8")
 
 
@@ -61,6 +77,8 @@ class ProbeReader:
         self.notes: list[str] = []
         self._bytes = 0
         self._dropped = 0
+        self._lines = 0  # kept in self.figures
+        self._values = 0  # kept in self.figures
 
     def wants(self, msg: dict[str, Any]) -> bool:
         """True if this iopub message is one of our records (the caller then drops it)."""
@@ -94,21 +112,46 @@ class ProbeReader:
             self._dropped += 1
 
     def _figure(self, record: dict[str, Any], cell: int) -> None:
-        if len(self.figures) >= MAX_FIGURES:
+        raw_axes = record.get("axes", [])
+        if len(self.figures) >= MAX_FIGURES or not isinstance(raw_axes, list):
             self._dropped += 1
             return
-        axes = [Axes.model_validate(ax) for ax in record.get("axes", [])]
+        lines = values = 0
+        if len(raw_axes) > MAX_AXES:
+            raise ValueError("too many axes")
+        for ax in raw_axes:
+            ax_lines = ax.get("lines", [])
+            if len(ax_lines) > MAX_LINES or len(ax.get("legend", [])) > MAX_LEGEND:
+                raise ValueError("too many lines")
+            for line in ax_lines:
+                size_x, size_y = len(line.get("x", [])), len(line.get("y", []))
+                if max(size_x, size_y) > MAX_VALUES:
+                    raise ValueError("too many values")
+                values += size_x + size_y
+            lines += len(ax_lines)
+        if self._lines + lines > MAX_FIGURE_LINES or self._values + values > MAX_FIGURE_VALUES:
+            self._dropped += 1
+            return
+        axes = [_short_texts(Axes.model_validate(ax)) for ax in raw_axes]
         self.figures.append(Figure(cell=cell, axes=axes))
+        self._lines += lines
+        self._values += values
 
     def _variables(self, record: dict[str, Any], cell: int) -> None:
+        changed = dict(record.get("set", {}))
+        for raw in changed.values():
+            if len(raw.get("values", [])) > MAX_VALUES:
+                raise ValueError("too many values")
         for name in record.get("deleted", []):
             self.variables.pop(str(name), None)
-        for name, raw in dict(record.get("set", {})).items():
+        for name, raw in changed.items():
             if not isinstance(name, str) or not name.isidentifier():
                 continue
             if name not in self.variables and len(self.variables) >= MAX_VARIABLES:
                 continue
-            self.variables[name] = Variable.model_validate({**raw, "name": name, "cell": cell})
+            variable = Variable.model_validate({**raw, "name": name, "cell": cell})
+            variable.type_name = variable.type_name[:40]
+            self.variables[name] = variable
 
     def _note(self, text: str, cell: int) -> None:
         if len(self.notes) < MAX_NOTES and text:
@@ -121,3 +164,13 @@ class ProbeReader:
         if self._dropped:
             return [f"{self._dropped} probe record(s) were malformed or too large and ignored"]
         return []
+
+
+def _short_texts(axes: Axes) -> Axes:
+    """Titles, labels and legend entries cut to MAX_TEXT characters (the probe cuts them too)."""
+    axes.title, axes.xlabel = axes.title[:MAX_TEXT], axes.xlabel[:MAX_TEXT]
+    axes.ylabel, axes.yscale = axes.ylabel[:MAX_TEXT], axes.yscale[:MAX_TEXT]
+    axes.legend = [text[:MAX_TEXT] for text in axes.legend]
+    for line in axes.lines:
+        line.label = line.label[:MAX_TEXT]
+    return axes

@@ -8,6 +8,13 @@ dead kernel "died" (or "oom"), always against the cell that caused it; later cel
 "not_run". Errors do not stop the run. Teardown is a SIGKILL of the kernel's process tree and
 uid, never a graceful shutdown.
 
+Everything the kernel sends costs bounded memory and time (issue 12): only shell and iopub
+are opened, with small receive queues, through a `grader.zmtp_guard.KernelGuard` that cuts a
+kernel whose message passes 17 MB (a cut is a "died" cell, a ProtocolError saying why); the
+client keeps no outputs, comm or widget state; stdin is never offered, so `input()` fails at
+once; and every wait on the kernel has a deadline that is checked for every message read,
+so a flood cannot hold a loop open past it.
+
 `execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
 `require_sandbox` is set and bwrap is missing) and genuine harness bugs escape.
 """
@@ -30,8 +37,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from grader.models import CellRun, Execution
-from grader.probe import FLUSH_CODE, ProbeReader, install_code, new_mime
+from grader.probe import FLUSH_CODE, INPUT_MESSAGE, ProbeReader, install_code, new_mime
 from grader.sandbox import RunLimits, SandboxedKernel, SandboxUnavailable
+from grader.zmtp_guard import MAX_MESSAGE_BYTES, KernelGuard
 
 __all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
 
@@ -39,9 +47,11 @@ KERNEL_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 60.0
 READY_RETRY = 1.0  # seconds before asking a silent kernel for its info again
 FLUSH_TIMEOUT = 15.0
-MAX_MESSAGE_BYTES = 64 << 20  # zmq drops a peer that sends a bigger message
+RECEIVE_QUEUE = 4  # whole messages zmq may hold for us per channel (each <= MAX_MESSAGE_BYTES)
+CANCEL_TIMEOUT = 5.0  # seconds we wait for a cancelled nbclient task to unwind
 TRACEBACK_LINES = 30
 TRACEBACK_CHARS = 4000
+TRACEBACK_SCAN = 64 << 10  # characters of a (possibly huge) traceback looked at
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
@@ -68,22 +78,51 @@ class KernelSource(Protocol):
 
 
 class _KernelClient(AsyncKernelClient):
-    """A client whose liveness is the kernel process's, not the (slow) heartbeat's."""
+    """A client whose liveness is the kernel process's, not the (slow) heartbeat's.
 
-    def bind(self, kernel: Kernel) -> None:
+    Only shell and iopub are ever opened (through the kernel's `KernelGuard`, when it has
+    one): nothing reads stdin, control or heartbeat, so a kernel cannot fill them.
+    """
+
+    guard: KernelGuard | None = None
+
+    def bind(self, kernel: Kernel, guard: KernelGuard | None) -> None:
         self._mbgd_kernel = kernel
+        self.guard = guard
+
+    @property
+    def broken(self) -> str | None:
+        """Why the guard cut this kernel off (a message over the cap, bad framing), if it did."""
+        return self.guard.problem if self.guard is not None else None
 
     async def _async_is_alive(self) -> bool:
-        return self._mbgd_kernel.alive()
+        return self._mbgd_kernel.alive() and self.broken is None
 
     is_alive = _async_is_alive
 
+    def start_channels(self, *args: Any, **kwargs: Any) -> None:
+        super().start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+
+    def stop_channels(self) -> None:
+        """Close what was opened (the base class would create the other channels to stop them)."""
+        for channel in (self._shell_channel, self._iopub_channel):
+            if channel is not None:
+                channel.close()
+        if self.guard is not None:
+            self.guard.close()
+
 
 class _Client(NotebookClient):
-    """nbclient that routes probe records to the reader and keeps no other output."""
+    """nbclient that routes probe records to the reader and keeps nothing else.
+
+    Outputs, comm and widget state (nbclient keeps every comm message's binary buffers, in
+    base64, for the whole run: 2 GB sent grew the harness by 2.1 GB), output-widget hooks,
+    timings and execution counts copied into the cells: none of it is part of an Execution,
+    and all of it is the kernel's to inflate.
+    """
 
     def __init__(self, nb: nbformat.NotebookNode, reader: ProbeReader, **kw: Any) -> None:
-        super().__init__(nb, **kw)
+        super().__init__(nb, record_timing=False, store_widget_state=False, **kw)
         self.reader = reader
         self.last_reply: dict[str, Any] | None = None
         self.on_cell_executed = self._remember_reply
@@ -91,15 +130,32 @@ class _Client(NotebookClient):
     def _remember_reply(self, **kw: Any) -> None:
         self.last_reply = kw.get("execute_reply")
 
+    def process_message(
+        self, msg: dict[str, Any], cell: nbformat.NotebookNode, cell_index: int
+    ) -> nbformat.NotebookNode | None:
+        content = msg.get("content")
+        if isinstance(content, dict):
+            content.pop("execution_count", None)  # nbclient would keep it in the cell
+        return super().process_message(msg, cell, cell_index)
+
     def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> None:
         if self.reader.wants(msg):
             self.reader.feed(msg, cell_index)
         return None  # outputs are not part of an Execution; keeping them costs memory
 
+    def clear_output(self, outs: list, msg: dict, cell_index: int) -> None:
+        return None  # no outputs kept, nothing to clear
+
+    def handle_comm_msg(self, outs: list, msg: dict, cell_index: int) -> None:
+        return None  # no comm, widget or buffer state: the grader is not a frontend
+
 
 def shorten_traceback(lines: list[str]) -> str:
     """Plain text, no ANSI, at most a few frames' worth of lines and characters."""
-    text = _ANSI.sub("", "\n".join(str(line) for line in lines))
+    text = "\n".join(str(line) for line in lines)
+    if len(text) > TRACEBACK_SCAN:  # keep the head and the tail: what is shown comes from them
+        text = text[: TRACEBACK_SCAN // 8] + "\n" + text[-(TRACEBACK_SCAN - TRACEBACK_SCAN // 8) :]
+    text = _ANSI.sub("", text)
     rows = text.splitlines()
     if len(rows) > TRACEBACK_LINES:
         rows = [*rows[:2], "    ...", *rows[-(TRACEBACK_LINES - 3) :]]
@@ -108,15 +164,22 @@ def shorten_traceback(lines: list[str]) -> str:
 
 
 async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
+    """A client on the kernel's shell and iopub only, through a guard, with small queues."""
+    guard = KernelGuard(kernel.connection) if KernelGuard.supports(kernel.connection) else None
+    if guard is not None:
+        await guard.start()
     context = zmq.asyncio.Context()
-    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # per frame; the guard: per message
+    context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+    context.setsockopt(zmq.LINGER, 0)
     kc = _KernelClient(context=context)
-    kc.bind(kernel)
-    kc.load_connection_info(kernel.connection)
-    kc.allow_stdin = False
-    kc.start_channels()
+    kc.bind(kernel, guard)
+    kc.load_connection_info(guard.connection if guard is not None else kernel.connection)
     try:
-        await asyncio.wait_for(_wait_ready(kc, kernel), KERNEL_START_TIMEOUT)
+        kc.start_channels()
+        await asyncio.wait_for(
+            _wait_ready(kc, kernel, monotonic() + KERNEL_START_TIMEOUT), KERNEL_START_TIMEOUT
+        )
     except BaseException:
         kc.stop_channels()
         context.destroy(linger=0)
@@ -148,7 +211,7 @@ async def _ready_kernel(
     return kernel, None, None, error
 
 
-async def _wait_ready(kc: _KernelClient, kernel: Kernel) -> None:
+async def _wait_ready(kc: _KernelClient, kernel: Kernel, deadline: float) -> None:
     """Return once the kernel answers kernel_info on shell AND its iopub reaches us.
 
     jupyter_client's `wait_for_ready` does the same but then idles 0.2 s to "flush" iopub,
@@ -163,6 +226,10 @@ async def _wait_ready(kc: _KernelClient, kernel: Kernel) -> None:
     while reply is None or not heard_iopub:
         if not kernel.alive():
             raise RuntimeError("the kernel died before answering")
+        if kc.broken:
+            raise RuntimeError(kc.broken)
+        if monotonic() > deadline:
+            raise TimeoutError("the kernel did not answer in time")
         if monotonic() >= next_ask:
             asked.add(kc.kernel_info())
             next_ask = monotonic() + READY_RETRY
@@ -190,7 +257,8 @@ async def _silent(
     """Run code silently (no history, no hooks), feed its records to reader, return the reply.
 
     Raises TimeoutError when the reply and idle status do not both arrive in time or the
-    kernel dies meanwhile.
+    kernel dies meanwhile. The deadline holds however many messages the kernel sends: it is
+    checked for every message read, not only when the channels fall silent.
     """
     msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
     deadline = monotonic() + timeout
@@ -199,12 +267,14 @@ async def _silent(
     while reply is None or not idle:
         if monotonic() > deadline or not kernel.alive():
             raise TimeoutError("no reply from the kernel")
+        if kc.broken:
+            raise TimeoutError(kc.broken)
         if reply is None:
             with contextlib.suppress(Empty):
                 msg = await kc.get_shell_msg(timeout=0.02)
                 if msg["parent_header"].get("msg_id") == msg_id:
                     reply = msg
-        while not idle:
+        while not idle and monotonic() <= deadline:
             try:
                 msg = await kc.get_iopub_msg(timeout=0.02)
             except Empty:
@@ -218,32 +288,55 @@ async def _silent(
     return reply
 
 
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
 async def _run_cell(
-    client: _Client, kernel: Kernel, cell: nbformat.NotebookNode, index: int, budget: float
+    client: _Client,
+    kernel: Kernel,
+    kc: _KernelClient,
+    cell: nbformat.NotebookNode,
+    index: int,
+    budget: float,
 ) -> CellRun:
     started = monotonic()
     client.last_reply = None
     task = asyncio.ensure_future(client.async_execute_cell(cell, index))
     exited = asyncio.ensure_future(kernel.wait_exit())
+    cut = asyncio.ensure_future(kc.guard.broken.wait() if kc.guard is not None else _never())
     done, _ = await asyncio.wait(
-        {task, exited}, timeout=max(budget, 0.0), return_when=asyncio.FIRST_COMPLETED
+        {task, exited, cut}, timeout=max(budget, 0.0), return_when=asyncio.FIRST_COMPLETED
     )
     seconds = round(monotonic() - started, 4)
-    for pending in (task, exited):
+    for pending in (task, exited, cut):
         if not pending.done():
             pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
+            await asyncio.wait({pending}, timeout=CANCEL_TIMEOUT)
+            if pending.done() and not pending.cancelled():
+                pending.exception()  # retrieved: nbclient turns a cancel into DeadKernelError
+    if kc.broken:
+        return CellRun(
+            index=index,
+            status="died",
+            seconds=seconds,
+            error_name="ProtocolError",
+            error_value=f"{kc.broken}: the grader stopped listening to it",
+        )
     if task in done and task.exception() is None and kernel.alive():
         content = (client.last_reply or {}).get("content", {})
         if content.get("status", "ok") == "ok":
             return CellRun(index=index, status="ok", seconds=seconds)
+        name = str(content.get("ename", "Error"))[:200]
+        value = str(content.get("evalue", ""))[:2000]
+        if name == "StdinNotImplementedError":  # input() or getpass(): nobody will answer
+            value = INPUT_MESSAGE
         return CellRun(
             index=index,
             status="error",
             seconds=seconds,
-            error_name=str(content.get("ename", "Error"))[:200],
-            error_value=str(content.get("evalue", ""))[:2000],
+            error_name=name,
+            error_value=value,
             traceback=shorten_traceback(list(content.get("traceback", []))),
         )
     exc = task.exception() if task in done else None
@@ -263,7 +356,12 @@ async def _run_cell(
 
 
 async def _run_cells(
-    client: _Client, kernel: Kernel, nb: nbformat.NotebookNode, limits: RunLimits, ex: Execution
+    client: _Client,
+    kernel: Kernel,
+    kc: _KernelClient,
+    nb: nbformat.NotebookNode,
+    limits: RunLimits,
+    ex: Execution,
 ) -> int | None:
     """Run every code cell; fill ex.cells, ex.fate, ex.fate_cell. Returns last cell run."""
     deadline = monotonic() + limits.total_timeout
@@ -275,7 +373,7 @@ async def _run_cells(
             ex.cells.append(CellRun(index=index, status="not_run"))
             continue
         budget = min(limits.cell_timeout, deadline - monotonic())
-        run = await _run_cell(client, kernel, cell, index, budget)
+        run = await _run_cell(client, kernel, kc, cell, index, budget)
         ex.cells.append(run)
         last = index
         if run.status == "timeout":
@@ -283,6 +381,9 @@ async def _run_cells(
             which = "cell" if budget >= limits.cell_timeout else "notebook"
             seconds = limits.cell_timeout if which == "cell" else limits.total_timeout
             ex.notes.append(f"cell {index} exceeded the {which} time limit ({seconds:g} s)")
+        elif run.status == "died" and run.error_name == "ProtocolError":
+            ex.fate, ex.fate_cell = "died", index
+            ex.notes.append(f"while running cell {index}, {run.error_value}")
         elif run.status == "died":
             ex.fate = "oom" if kernel.looks_out_of_memory() else "died"
             ex.fate_cell = index
@@ -361,13 +462,14 @@ async def execute_async(
         phase("probe")
         client = _Client(nb, reader, km=None, allow_errors=True, timeout=None)
         client.kc = kc
-        last = await _run_cells(client, kernel, nb, limits, ex)
+        last = await _run_cells(client, kernel, kc, nb, limits, ex)
         phase("cells")
         if ex.fate == "ok" and last is not None and kernel.alive():
             try:
                 await _silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
             except Exception as exc:  # timeout, or a kernel the learner broke
-                ex.notes.append(f"the final read of variables failed ({type(exc).__name__})")
+                why = f": {kc.broken}" if kc.broken else ""
+                ex.notes.append(f"the final read of variables failed ({type(exc).__name__}){why}")
         ex.figures, ex.variables = reader.figures, reader.variables
         ex.notes = reader.notes + ex.notes + reader.finish()
         phase("extraction")

@@ -7,6 +7,7 @@ have after that mistake, for the same seed and settings.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -108,12 +109,20 @@ def mistake_info(mistake_id: str) -> Mistake:
     return FIXED_MISTAKES[mistake_id]
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 def shuffled_epoch_orders(settings: LabSettings, batch_size: int = RIGHT_BATCH_SIZE):
     """The index order a shuffled batch-20 DataLoader would use in the lab notebook.
 
     Replays the lab's use of the global RNG (the data, then one draw per earlier loader
     epoch) with torch's own DataLoader, then restores the caller's RNG state.
     """
+    with _GLOBAL_RNG:  # one replay at a time: evaluate runs in worker threads
+        return _replay_shuffled(settings, batch_size)
+
+
+def _replay_shuffled(settings: LabSettings, batch_size: int) -> list[torch.Tensor]:
     saved = torch.get_rng_state()
     try:
         torch.manual_seed(settings.seed)

@@ -656,6 +656,62 @@ FOUND = list(json.dumps(found, sort_keys=True).encode())[:9000]
 print(found)
 """
 
+# --- what the kernel sends back (issue 12) ----------------------------------------------------
+
+COMM_FLOOD = """
+# 160 widget comm messages, each a new widget state with a 16 MB binary buffer (2.5 GB in
+# all): the kind of message a frontend keeps. The one buffer is sent again and again without
+# being copied, so only the receiver pays. Marker: mbgd-hostile-comm
+kernel = get_ipython().kernel
+buffer = bytes(16 * 2**20)
+for i in range(160):
+    content = {
+        "comm_id": f"mbgd-hostile-comm-{i}",
+        "target_name": "jupyter.widget",
+        "data": {"state": {"value": i}, "buffer_paths": [["value"]]},
+    }
+    kernel.session.send(
+        kernel.iopub_socket, "comm_msg", content, parent=kernel.get_parent(),
+        buffers=[buffer], ident=b"comm",
+    )
+"""
+
+MULTIPART_FLOOD = """
+# One message of 100 parts of 32 MB each (3.2 GB): ZeroMQ caps the size of each part and
+# counts whole messages, so a receiver assembles all of it. Sent without copying: the kernel
+# itself holds 32 MB. Marker: mbgd-hostile-multipart
+import time
+kernel = get_ipython().kernel
+part = bytes(32 * 2**20)
+kernel.session.send(
+    kernel.iopub_socket, "stream", {"name": "stdout", "text": "mbgd-hostile-multipart"},
+    parent=kernel.get_parent(), buffers=[part] * 100, ident=b"stream",
+)
+time.sleep(2)  # let it leave before the cell ends
+"""
+
+IOPUB_FLOOD = """
+# A thread left running that floods iopub with small messages answering no request of the
+# grader, as fast as it can, until the kernel is gone; and the kernel never says "idle"
+# again, so no wait for the end of a request ends by itself. Marker: mbgd-hostile-flood
+import threading
+kernel = get_ipython().kernel
+kernel._publish_status = lambda *args, **kwargs: None
+
+def flood():
+    parent = {"msg_id": "mbgd-hostile-flood", "msg_type": "execute_request"}
+    content = {"name": "stdout", "text": "mbgd-hostile-flood\\n"}
+    while True:
+        kernel.session.send(kernel.iopub_socket, "stream", content, parent=parent, ident=b"s")
+
+threading.Thread(target=flood, daemon=True).start()
+"""
+
+INPUT_CALL = """
+# input() left in from working interactively: nobody will ever type an answer
+epochs = int(input("How many epochs? "))
+"""
+
 KERNELSPEC_CELLS = [
     code(
         """
@@ -715,6 +771,11 @@ def samples(solved_lab: list[Cell]) -> dict[str, list[Cell] | bytes]:
         "hostile/deep_nesting.ipynb": deep_nesting(),
         # the answer key (issue 12)
         "hostile/answer_key.ipynb": [code(ANSWER_KEY), SOLUTION[3]],
+        # what the kernel sends back (issue 12)
+        "hostile/comm_flood.ipynb": after_solution(COMM_FLOOD),
+        "hostile/multipart_flood.ipynb": after_solution(MULTIPART_FLOOD),
+        "hostile/iopub_flood.ipynb": after_solution(IOPUB_FLOOD),
+        "hostile/input_call.ipynb": [*SOLUTION[:2], code(INPUT_CALL), *SOLUTION[2:]],
     }
 
 

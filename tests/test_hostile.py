@@ -34,7 +34,7 @@ SUBMISSIONS = manifest.SUBMISSIONS
 HOSTILE = [s for s in manifest.SAMPLES if s["path"].startswith("hostile/")]
 LISTEN_PORTS = range(18080, 18091)
 MARKER = "mbgd-hostile"
-HARNESS_RSS_LIMIT = 2 * 2**30
+HARNESS_RSS_LIMIT = 2**30  # measured 385 MB with the comm, multipart and iopub floods (issue 12)
 # Two kernels at a time, each within its 2 GB cgroup, plus the harness and the warm parent.
 MACHINE_MEMORY_LIMIT = 6 * 2**30
 MEMORY_ATTACKS = ("memfd_bomb", "sysv_shm_bomb", "children_memory", "userns_tmpfs")
@@ -281,3 +281,16 @@ def test_the_sandbox_said_what_was_in_force(results):
         sandbox = results[f"hostile/{name}"]["sandbox"]
         assert sandbox.startswith("bubblewrap"), sandbox
         assert "cgroup" in sandbox and "seccomp" in sandbox and "no " not in sandbox, sandbox
+
+
+def test_input_fails_at_once_and_a_huge_message_is_named(results):
+    """Issue 12: input() is a cell error saying why, not a cell that waits out its budget; a
+    kernel cut off for a message over the cap is named as such."""
+    checks = {c["id"]: c for c in results["hostile/input_call"]["checks"]}
+    message = checks["notebook.runs"]["message"]
+    assert (
+        "StdinNotImplementedError: input() is not available when the notebook is graded" in message
+    )
+    assert results["hostile/input_call"]["seconds"] < 30  # the batch's cell budget
+    checks = {c["id"]: c for c in results["hostile/multipart_flood"]["checks"]}
+    assert "the kernel sent a message larger than 17 MB" in checks["notebook.runs"]["message"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 
 import nbformat
@@ -15,6 +16,7 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+import grader.run
 import grader.sandbox
 import grader.uids
 from grader.run import RunLimits, execute
@@ -329,3 +331,109 @@ def test_probe_reader_accepts_only_valid_json_records_of_this_run() -> None:
     assert reader.variables["L"].cell == 3 and reader.figures == []
     # every text but the first is dropped; the one with a bad name keeps only its good names
     assert reader.finish() == ["7 probe record(s) were malformed or too large and ignored"]
+
+
+# ---- issue 12: what the kernel sends costs the harness bounded memory and time ----------------
+
+COMM_FLOOD = """\
+kernel = get_ipython().kernel
+buffer = bytes(16 * 2**20)
+for i in range(64):  # 1 GB of widget buffers, zero-copy: only the receiver pays
+    content = {"comm_id": f"c{i}", "target_name": "jupyter.widget",
+               "data": {"state": {"v": i}, "buffer_paths": [["v"]]}}
+    kernel.session.send(kernel.iopub_socket, "comm_msg", content, parent=kernel.get_parent(),
+                        buffers=[buffer], ident=b"comm")
+"""
+MULTIPART_FLOOD = """\
+import time
+kernel = get_ipython().kernel
+part = bytes(32 * 2**20)  # one message of 40 parts: 1.3 GB that libzmq would assemble
+kernel.session.send(kernel.iopub_socket, "stream", {"name": "stdout", "text": "x"},
+                    parent=kernel.get_parent(), buffers=[part] * 40, ident=b"stream")
+time.sleep(2)
+"""
+IOPUB_FLOOD = """\
+import threading
+kernel = get_ipython().kernel
+kernel._publish_status = lambda *args, **kwargs: None  # never "idle" again
+def flood():
+    parent = {"msg_id": "not-the-graders", "msg_type": "execute_request"}
+    while True:
+        kernel.session.send(kernel.iopub_socket, "stream", {"name": "stdout", "text": "x"},
+                            parent=parent, ident=b"stream")
+threading.Thread(target=flood, daemon=True).start()
+"""
+
+
+class PeakRss:
+    """The growth of this process's resident memory while the block runs (sampled)."""
+
+    def __enter__(self) -> PeakRss:
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+        self.growth = self.peak - self.base
+
+
+def test_input_and_getpass_fail_at_once_with_a_clear_message() -> None:
+    cells = [
+        new_code_cell("BEFORE = [1.0]"),
+        new_code_cell("epochs = int(input('How many epochs? '))"),
+        new_code_cell("import getpass\nsecret = getpass.getpass()"),
+        new_code_cell("AFTER = [2.0]"),
+    ]
+    ex = execute(new_notebook(cells=cells), RunLimits(cell_timeout=20, total_timeout=60))
+    assert ex.fate == "ok" and [c.status for c in ex.cells] == ["ok", "error", "error", "ok"]
+    for run in ex.cells[1:3]:
+        assert run.error_name == "StdinNotImplementedError" and run.seconds < 2
+        assert run.error_value == (
+            "input() is not available when the notebook is graded: remove the call or give "
+            "the value directly"
+        )
+        assert "input() is not available" in run.traceback
+    assert ex.variables["AFTER"].values == [2.0]
+
+
+def test_comm_and_multipart_floods_leave_the_harness_small() -> None:
+    cells = [
+        new_code_cell("BEFORE = [1.0]"),
+        new_code_cell(COMM_FLOOD),  # nbclient kept it all: +1.3 GB
+        new_code_cell(MULTIPART_FLOOD),  # libzmq assembled it all: +1.3 GB
+        new_code_cell("AFTER = [2.0]"),
+    ]
+    with PeakRss() as rss:
+        ex = execute(new_notebook(cells=cells), RunLimits(cell_timeout=30, total_timeout=90))
+    assert rss.growth < 300 << 20, rss.growth >> 20
+    assert [c.status for c in ex.cells] == ["ok", "ok", "died", "not_run"]
+    assert ex.fate == "died" and ex.fate_cell == 2
+    died = ex.cells[2]
+    assert died.error_name == "ProtocolError" and died.seconds < 10
+    assert died.error_value.startswith("the kernel sent a message larger than 17 MB")
+    assert any("while running cell 2, the kernel sent a message larger than" in n for n in ex.notes)
+    assert ex.variables["BEFORE"].values == [1.0] and "AFTER" not in ex.variables
+
+
+def test_an_iopub_flood_cannot_hold_a_read_past_its_deadline(monkeypatch) -> None:
+    monkeypatch.setattr(grader.run, "FLUSH_TIMEOUT", 3.0)
+    cells = [new_code_cell("BEFORE = [1.0]"), new_code_cell(IOPUB_FLOOD)]
+    started = time.monotonic()
+    ex = execute(new_notebook(cells=cells), RunLimits(cell_timeout=10, total_timeout=40))
+    elapsed = time.monotonic() - started
+    # before, the final read drained iopub until it fell silent, which it never did, and
+    # looked at its deadline only then: with no idle status coming, it never returned
+    assert elapsed < ex.phases["kernel_start"] + ex.phases["probe"] + 10 + 3.0 + 5
+    assert 3.0 <= ex.phases["extraction"] < 3.0 + 2
+    assert any("final read of variables failed" in note for note in ex.notes)
+    assert ex.variables["BEFORE"].values == [1.0]

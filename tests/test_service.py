@@ -489,7 +489,8 @@ def test_learner_code_cannot_read_the_service_secrets(service: Service, lms: Fak
 
 
 # Hostile notebooks that attack the grader's host rather than their own grade (issue 12).
-SERVICE_HOSTILE = ("memfd_bomb", "children_memory", "userns_tmpfs")
+SERVICE_HOSTILE = ("memfd_bomb", "children_memory", "userns_tmpfs", "comm_flood", "multipart_flood")
+SERVICE_RSS_LIMIT = 1 << 30
 
 
 @pytest.mark.skipif(not KernelPool.available(), reason="the hostile corpus runs only sandboxed")
@@ -501,9 +502,10 @@ def test_hostile_notebooks_do_not_stop_the_service(service: Service, lms: FakeLM
         assert post(service.base, submission(sid, raw=raw, callback_url=lms.url)).status_code == 202
     honest = submission("hostile-honest", tiny_notebook("honest"), callback_url=lms.url)
     assert post(service.base, honest).status_code == 202
-    waits, done = [], set()
+    waits, done, peak_rss = [], set(), 0
     deadline = time.monotonic() + 240
     while done != {*ids, "hostile-honest"} and time.monotonic() < deadline:
+        peak_rss = max(peak_rss, psutil.Process(service.proc.pid).memory_info().rss)
         started = time.monotonic()
         assert httpx.get(f"{service.base}/healthz", timeout=5).status_code == 200
         waits.append(time.monotonic() - started)
@@ -511,6 +513,7 @@ def test_hostile_notebooks_do_not_stop_the_service(service: Service, lms: FakeLM
         time.sleep(0.5)
     got = lms.wait_for({*ids, "hostile-honest"}, timeout=5)
     assert max(waits) < 2.0, waits
+    assert peak_rss < SERVICE_RSS_LIMIT  # 2.5 GB of comm buffers and a 3.2 GB message sent
     for sid in ids:
         result = got[sid][-1].body["result"]
         assert result["score"] == 10, (sid, result["output"])
