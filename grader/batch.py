@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from grader import __version__
-from grader.integrity import new_key
+from grader.gradebook import SECRET_SEED, Gradebook, grade_key
+from grader.grading.integrity import new_key
 from grader.models import GradeResult
-from grader.report_writer import BackgroundReports, write_or_note
-from grader.store import SECRET_SEED, Gradebook, grade_key
+from grader.reports.writer import BackgroundReports, write_or_note
 
 if TYPE_CHECKING:
     from grader.pipeline import GradeOptions
@@ -169,7 +169,7 @@ def secret_key(book: Gradebook) -> str:
     """The integrity key of this gradebook: $MBGD_SECRET_SEED, else the recorded one, else a
     fresh random one; recorded either way so a resumed batch derives the same seeds.
 
-    Each submission's secret seed is derived from it (`grader.integrity.derive_seed`). A
+    Each submission's secret seed is derived from it (`grader.grading.integrity.derive_seed`). A
     gradebook written when this held one seed for everybody keeps its number as its key.
     """
     key = os.environ.get(SEED_ENV, "").strip() or (book.get_meta(SECRET_SEED) or "").strip()
@@ -286,11 +286,11 @@ def run_batch(
 
         with BackgroundReports(outcome.harness_errors) as reports:
             if pending and broker:
-                from grader.tasks import grade_remote
+                from grader.remote import grade_remote
 
                 grade_remote(pending, options, broker, sink)
             elif pending:
-                from grader.pool import warm_pool
+                from grader.execution.pool import warm_pool
 
                 with warm_pool():
                     asyncio.run(grade_local(pending, options, jobs, sink))
@@ -320,7 +320,7 @@ def grade_main(
     from rich.console import Console
 
     from grader.progress import ConsoleProgress
-    from grader.summary import Entry, print_class_table, write_summary
+    from grader.reports.summary import Entry, print_class_table, write_summary
 
     progress = ConsoleProgress()
     try:

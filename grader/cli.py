@@ -145,9 +145,9 @@ def grade(
     import os
 
     from grader.batch import BatchError, grade_main
+    from grader.execution.runner import RunLimits
+    from grader.grading.rubric import RubricError
     from grader.pipeline import GradeOptions
-    from grader.rubric import RubricError
-    from grader.run import RunLimits
 
     limits = RunLimits(require_sandbox=require_sandbox)
     if timeout is not None:
@@ -203,7 +203,7 @@ def worker(
     """Grade notebooks sent by `mbgd-grader grade --broker URL` (run on any number of hosts)."""
     import os
 
-    from grader.tasks import DEFAULT_TOTAL_TIMEOUT, run_worker
+    from grader.remote import DEFAULT_TOTAL_TIMEOUT, run_worker
 
     run_worker(
         broker,

@@ -16,13 +16,13 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from grader import __version__
-from grader.checks import evaluate
-from grader.compare import Tolerance, starts_with
-from grader.forgery import hard_coded_cells
-from grader.integrity import derive_seed, new_key
+from grader.execution.runner import RunLimits, execute_async
+from grader.grading.checks import evaluate
+from grader.grading.compare import Tolerance, starts_with
+from grader.grading.forgery import hard_coded_cells
+from grader.grading.integrity import derive_seed, new_key
+from grader.grading.rubric import Rubric, load_rubric
 from grader.models import CheckResult, Execution, GradeResult
-from grader.rubric import Rubric, load_rubric
-from grader.run import RunLimits, execute_async
 from grader.submission import Submission, SubmissionError, load
 from reference import expected
 
@@ -36,7 +36,7 @@ class GradeOptions(BaseModel):
     limits: RunLimits = Field(default_factory=RunLimits)
     integrity: bool = False  # re-run with a secret seed; hard-coded answers then fail
     # The integrity key: each submission's secret seed is derived from it and the notebook's
-    # sha256 (grader.integrity). None with integrity: a fresh random key, so a random seed.
+    # sha256 (grader.grading.integrity). None with integrity: a fresh random key, so a random seed.
     secret_key: str | None = Field(default=None, repr=False)
 
     @model_validator(mode="before")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:  # the grader is imported only when --notebook is given
+    from grader.grading.rubric import CheckSpec, Rubric
     from grader.models import CheckResult, GradeResult
-    from grader.rubric import CheckSpec, Rubric
 
 PLUGIN_NAME = "mbgd-grader-session"
 
@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     paths = config.getoption("notebook")
     if not paths:
         return  # not asked: the plugin does nothing at all
-    from grader.rubric import RubricError, load_rubric
+    from grader.grading.rubric import RubricError, load_rubric
 
     notebooks = expand_notebooks(paths)
     rubric_path = config.getoption("rubric")
@@ -135,7 +135,7 @@ class NotebookGrading:
         wanted = list(dict.fromkeys(i.parent for i in session.items if isinstance(i, CheckItem)))
         if len(wanted) < 2:
             return
-        from grader.pool import warm_pool
+        from grader.execution.pool import warm_pool
 
         self.warm.enter_context(warm_pool())  # several notebooks: pay kernel start-up once
         self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mbgd-grade")
@@ -253,7 +253,7 @@ class NotebookFile(pytest.File):
         return result
 
     def _write_feedback(self, result: GradeResult) -> None:
-        from grader.report import write_reports
+        from grader.reports.feedback import write_reports
 
         out = self.grading.feedback_dir(self.path)
         for target in (out, Path.cwd() / ".mbgd-feedback" / self.path.stem):

@@ -6,9 +6,9 @@
 Default mode runs each notebook with plain nbclient plus a small stand-in for the grader's
 probe (figures recorded as data at plt.show() and after each cell, tensors detached for
 plotting, JSON-able number lists read back at the end), then scores it with the real
-`grader.checks.evaluate` and the default rubric. It also checks every mistake sample's
+`grader.grading.checks.evaluate` and the default rubric. It also checks every mistake sample's
 LOSS20 against `reference.mistake_variants()` (relative 1e-3). `--pipeline` grades with
-`grader.pipeline.grade` instead (sandboxed; needs grader.run).
+`grader.pipeline.grade` instead (sandboxed; needs grader.execution.runner).
 
 Hostile samples are skipped unless `--pipeline --hostile`: some are fork and memory bombs
 that must only ever run inside the grader's sandbox.
@@ -33,9 +33,9 @@ from nbclient import NotebookClient
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from grader.checks import evaluate  # noqa: E402
+from grader.grading.checks import evaluate  # noqa: E402
 from grader.models import CellRun, Execution, Figure, GradeResult, Variable  # noqa: E402
-from grader.rubric import load_rubric  # noqa: E402
+from grader.grading.rubric import load_rubric  # noqa: E402
 from grader.submission import SubmissionError, load  # noqa: E402
 from reference import mistake_variants  # noqa: E402
 
@@ -119,7 +119,7 @@ def record_cell(index: int) -> nbformat.NotebookNode:
 
 
 def run_plain(path: Path, timeout: int) -> tuple[GradeResult, dict[str, Variable]]:
-    """nbclient + the stand-in probe, scored by grader.checks."""
+    """nbclient + the stand-in probe, scored by grader.grading.checks."""
     submission = load(path)
     nb = submission.notebook
     staged = nbformat.v4.new_notebook(metadata=nb.metadata)
@@ -180,7 +180,7 @@ def run_plain(path: Path, timeout: int) -> tuple[GradeResult, dict[str, Variable
 
 def run_pipeline(path: Path, hostile: bool) -> GradeResult:
     from grader.pipeline import GradeOptions, grade
-    from grader.sandbox import RunLimits
+    from grader.execution.sandbox import RunLimits
 
     # Hostile samples include fork and memory bombs: never without bubblewrap.
     options = GradeOptions(limits=RunLimits(require_sandbox=hostile))

@@ -466,7 +466,7 @@ LEAK = []
 paths = [
     os.path.expanduser("~/.ssh/id_rsa"), os.path.expanduser("~/.ssh/id_ed25519"),
     "/root/.ssh/id_rsa", "/root/.ssh/authorized_keys", "/etc/shadow",
-    "/work/main/grader/sandbox.py", "/work/main/grader/pipeline.py", "/work/main/.git/config",
+    "/work/main/grader/execution/sandbox.py", "/work/main/grader/pipeline.py", "/work/main/.git/config",
     "/proc/self/mounts", "/proc/1/cmdline",
 ]
 paths += glob.glob("/work/*/*.toml") + glob.glob("/work/main/*.sqlite*")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.pool import KernelPool
+from grader.execution.pool import KernelPool
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "submissions" / "hostile" / "answer_key.ipynb"
@@ -56,7 +56,7 @@ HARNESS = r"""
 import json, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import grader, reference
-from grader.sandbox import bwrap_argv, find_bwrap, kernel_env
+from grader.execution.sandbox import bwrap_argv, find_bwrap, kernel_env
 work = Path(tempfile.mkdtemp(prefix="mbgd-test-", dir="/tmp"))
 (work / "home").mkdir()
 argv = bwrap_argv(find_bwrap(), work, kernel_env(work), uid=None, disk_mb=64)

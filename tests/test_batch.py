@@ -28,9 +28,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.batch import BatchError, discover
-from grader.integrity import derive_seed
+from grader.gradebook import Gradebook
+from grader.grading.integrity import derive_seed
 from grader.models import Curve, GradeResult
-from grader.store import Gradebook
 from reference import expected, make_data
 from tests.lab_replica import BGD, DATA_CLASS, SETUP, loader_run
 

@@ -1,7 +1,7 @@
 """Issue 12, without kernels: what a kernel sends costs the harness bounded memory and CPU.
 
-- the ZMTP guard's framing reader (`grader.zmtp_guard.Framing`) and a relay between real zmq
-  sockets, a thread playing the kernel;
+- the ZMTP guard's framing reader (`grader.execution.zmtp_guard.Framing`) and a relay between
+  real zmq sockets, a thread playing the kernel;
 - nbclient keeps no comm, widget or output state in the grader's client;
 - the probe reader enforces the probe's caps again, plus caps on everything kept per run;
 - the answer search is linear, `evaluate` is fast at the caps and runs off the event loop.
@@ -26,10 +26,7 @@ from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_notebook
 
 import grader.pipeline
-from grader.checks import evaluate, find_answer
-from grader.compare import Tolerance, find_window, starts_with
-from grader.models import Axes, CellRun, Execution, Figure, Line, Variable
-from grader.probe import (
+from grader.execution.probe_reader import (
     MAX_AXES,
     MAX_FIGURE_LINES,
     MAX_FIGURE_VALUES,
@@ -38,10 +35,13 @@ from grader.probe import (
     ProbeReader,
     new_mime,
 )
-from grader.rubric import load_rubric
-from grader.run import _Client
+from grader.execution.runner import _Client
+from grader.execution.zmtp_guard import MAX_MESSAGE_BYTES, Framing, KernelGuard
+from grader.grading.checks import evaluate, find_answer
+from grader.grading.compare import Tolerance, find_window, starts_with
+from grader.grading.rubric import load_rubric
+from grader.models import Axes, CellRun, Execution, Figure, Line, Variable
 from grader.submission import load
-from grader.zmtp_guard import MAX_MESSAGE_BYTES, Framing, KernelGuard
 from reference import expected
 
 WANT = expected()["LOSS20"]

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import redis
 
-from grader.pool import KernelPool
+from grader.execution.pool import KernelPool
 from tests.test_batch import ROOT, SAMPLES, cli, db_count, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
@@ -199,7 +199,7 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
 
 def test_a_task_over_its_time_limit_is_a_timeout_result_and_leaves_nothing(redis_url, tmp_path):
     """The limits Celery enforces (not the notebook's own budget) also end as a result."""
-    from grader import tasks
+    from grader import remote as tasks
     from grader.models import GradeResult
     from grader.pipeline import GradeOptions
 

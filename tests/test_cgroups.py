@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from grader import cgroups, seccomp
-from grader.sandbox import describe, joining_cgroup
+from grader.execution import cgroups, seccomp
+from grader.execution.sandbox import describe, joining_cgroup
 
 V1_CGROUP = """\
 9:name=systemd:/

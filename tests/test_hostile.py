@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from grader import cgroups
-from grader.uids import UID_BASE, UID_SLOTS
+from grader.execution import cgroups
+from grader.execution.uids import UID_BASE, UID_SLOTS
 from tests import manifest
 from tests.manifest import verdict_holds
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from grader.integrity import derive_seed
+from grader.grading.integrity import derive_seed
 from grader.models import GradeResult
 from tests import manifest
 

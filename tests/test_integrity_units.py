@@ -13,12 +13,12 @@ import nbformat
 import pytest
 
 from grader import batch, pipeline
-from grader.integrity import SEED_HIGH, SEED_LOW, derive_seed, key_digest, seed_in_range
+from grader.gradebook import SECRET_SEED, Gradebook, grade_key
+from grader.grading.integrity import SEED_HIGH, SEED_LOW, derive_seed, key_digest, seed_in_range
 from grader.models import CellRun, Execution, Figure, Variable
-from grader.report import gradescope_json
-from grader.store import SECRET_SEED, Gradebook, grade_key
+from grader.reports.feedback import gradescope_json
+from grader.reports.summary import Entry, gradebook_csv
 from grader.submission import load
-from grader.summary import Entry, gradebook_csv
 from reference import expected
 
 SHA_A, SHA_B = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()

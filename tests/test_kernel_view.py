@@ -1,4 +1,4 @@
-"""grader.kernel_view without kernels: which paths get hidden, and how (issue 12)."""
+"""grader.execution.kernel_view without kernels: which paths get hidden, and how (issue 12)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import site
 import sys
 from pathlib import Path
 
-from grader import kernel_view
+from grader.execution import kernel_view
 
 
 def _tree(root: Path) -> dict[str, Path]:

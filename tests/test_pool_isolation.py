@@ -17,11 +17,11 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-import grader.sandbox
-import grader.uids
+import grader.execution.sandbox
+import grader.execution.uids
+from grader.execution.pool import KernelPool, default_pool, set_default_pool
+from grader.execution.runner import RunLimits, execute, execute_async
 from grader.models import Execution
-from grader.pool import KernelPool, default_pool, set_default_pool
-from grader.run import RunLimits, execute, execute_async
 from reference import make_data
 from tests.test_run import children_left
 from tests.test_sandbox import Listener, probe_cells
@@ -100,7 +100,7 @@ def test_second_learner_sees_nothing_of_the_first(pool: KernelPool) -> None:
     first_wd = as_text(first.variables["WD"].values)
     first_uid = int(first.variables["UID"].values[0])
     assert not Path(first_wd).exists()  # work dir deleted
-    assert grader.uids.processes_of_uid(first_uid) == []  # threads and children are gone
+    assert grader.execution.uids.processes_of_uid(first_uid) == []  # threads and children are gone
 
     source = SECOND.format(first_wd=first_wd)
     second = execute(new_notebook(cells=[new_code_cell(source)]), LIMITS, pool=pool)

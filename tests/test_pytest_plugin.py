@@ -323,7 +323,7 @@ def test_usage_errors_are_clear(pytester):
 
 
 def test_collect_only_lists_the_checks_without_grading(pytester):
-    from grader.rubric import load_rubric
+    from grader.grading.rubric import load_rubric
 
     _tiny_notebook(pytester.path / "lab.ipynb")
     (pytester.path / "more").mkdir()

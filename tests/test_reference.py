@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from nbclient import NotebookClient
 
-from grader.compare import Tolerance, first_difference
-from grader.rubric import load_rubric
+from grader.grading.compare import Tolerance, first_difference
+from grader.grading.rubric import load_rubric
 from reference import METHODS, LabSettings, expected, make_data, mistake_variants
 from tests.lab_replica import replica_notebook
 from tests.numpy_twin import five_methods

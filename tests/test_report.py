@@ -20,10 +20,10 @@ import matplotlib.image
 import nbformat
 import pytest
 
-from grader.integrity import derive_seed
+from grader.grading.integrity import derive_seed
 from grader.models import CellRun, CheckResult, Curve, Execution, GradeResult
-from grader.plot import clean_label, curves_png
-from grader.report import feedback_html, gradescope_json, short_traceback, write_reports
+from grader.reports.feedback import feedback_html, gradescope_json, short_traceback, write_reports
+from grader.reports.plot import clean_label, curves_png
 from reference import LabSettings, expected, mistake_variants
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
@@ -334,7 +334,7 @@ def test_headline_title_follows_the_checks():
 
 
 def test_reports_written_behind_the_grading_survive_a_killed_writer(tmp_path):
-    from grader.report_writer import BackgroundReports
+    from grader.reports.writer import BackgroundReports
 
     errors: list[str] = []
     with BackgroundReports(errors, backlog=2) as reports:

@@ -1,4 +1,5 @@
-"""grader.run against real sandboxed kernels: cells, figures, variables, budgets, teardown.
+"""grader.execution.runner against real sandboxed kernels: cells, figures, variables, budgets,
+teardown.
 
 Each notebook is executed once per session (fixtures) and many things are asserted on the
 result. Expected numbers come from `reference`, never typed in.
@@ -16,14 +17,14 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-import grader.run
-import grader.sandbox
-import grader.uids
-from grader.run import RunLimits, execute
+import grader.execution.runner
+import grader.execution.sandbox
+import grader.execution.uids
+from grader.execution.runner import RunLimits, execute
 from reference import expected, make_data
 
 pytestmark = pytest.mark.slow
-BWRAP = grader.sandbox.find_bwrap() is not None
+BWRAP = grader.execution.sandbox.find_bwrap() is not None
 
 SETUP = """\
 import numpy as np
@@ -121,14 +122,14 @@ def hostile(source: str) -> nbformat.NotebookNode:
 def leased_uids() -> list[int]:
     """Spy on the uid leases so tests can look for leftover processes of those uids."""
     uids: list[int] = []
-    original = grader.uids.UidLease.__init__
+    original = grader.execution.uids.UidLease.__init__
 
-    def spy(self: grader.uids.UidLease) -> None:
+    def spy(self: grader.execution.uids.UidLease) -> None:
         original(self)
         uids.append(self.uid)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grader.uids.UidLease, "__init__", spy)
+        mp.setattr(grader.execution.uids.UidLease, "__init__", spy)
         yield uids
 
 
@@ -282,9 +283,9 @@ def test_hostile_cell_ends_in_budget_against_the_right_cell(name: str, leased_ui
     assert ex.variables["BEFORE"].values == [1.0, 2.0] and "AFTER" not in ex.variables
     # nothing left behind: no child of ours, no process of any uid we leased
     assert children_left() == []
-    if BWRAP and grader.sandbox.os.geteuid() == 0:
+    if BWRAP and grader.execution.sandbox.os.geteuid() == 0:
         assert leased_uids, "as root, the bubblewrap path leases a uid per kernel"
-    assert [p for uid in leased_uids for p in grader.uids.processes_of_uid(uid)] == []
+    assert [p for uid in leased_uids for p in grader.execution.uids.processes_of_uid(uid)] == []
 
 
 def test_total_budget_stops_the_notebook() -> None:
@@ -303,7 +304,7 @@ def record(mime: str, text: object) -> dict:
 
 
 def test_probe_reader_accepts_only_valid_json_records_of_this_run() -> None:
-    from grader.probe import MAX_RECORD_BYTES, ProbeReader, new_mime
+    from grader.execution.probe_reader import MAX_RECORD_BYTES, ProbeReader, new_mime
 
     mime = new_mime()
     reader = ProbeReader(mime)
@@ -426,7 +427,7 @@ def test_comm_and_multipart_floods_leave_the_harness_small() -> None:
 
 
 def test_an_iopub_flood_cannot_hold_a_read_past_its_deadline(monkeypatch) -> None:
-    monkeypatch.setattr(grader.run, "FLUSH_TIMEOUT", 3.0)
+    monkeypatch.setattr(grader.execution.runner, "FLUSH_TIMEOUT", 3.0)
     cells = [new_code_cell("BEFORE = [1.0]"), new_code_cell(IOPUB_FLOOD)]
     started = time.monotonic()
     ex = execute(new_notebook(cells=cells), RunLimits(cell_timeout=10, total_timeout=40))

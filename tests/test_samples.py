@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from grader.execution.pool import KernelPool
 from grader.models import GradeResult
-from grader.pool import KernelPool
 from reference import mistake_info, mistake_variants
 from tests.conftest import lab_samples
 from tests.manifest import verdict_holds

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from grader.rubric import load_rubric
+from grader.grading.rubric import load_rubric
 from grader.submission import SubmissionError, load
 from reference import mistake_variants
 

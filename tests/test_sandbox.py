@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-import grader.sandbox
-import grader.uids
-from grader import cgroups
-from grader.run import RunLimits, SandboxUnavailable, execute
+import grader.execution.sandbox
+import grader.execution.uids
+from grader.execution import cgroups
+from grader.execution.runner import RunLimits, SandboxUnavailable, execute
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(
-    grader.sandbox.find_bwrap() is None, reason="bwrap (bubblewrap) is not installed"
+    grader.execution.sandbox.find_bwrap() is None, reason="bwrap (bubblewrap) is not installed"
 )
 PROJECT = Path(__file__).resolve().parents[1]
 LIMITS = RunLimits(cell_timeout=20, total_timeout=60, memory_mb=1536, max_file_mb=8, disk_mb=16)
@@ -170,7 +170,11 @@ def test_unprivileged_uid_and_own_pid_namespace(walls) -> None:
     assert cell["uid"].status == "ok", cell["uid"].error_value
     if os.geteuid() == 0:
         uid = ex.variables["UID"].values[0]
-        assert grader.uids.UID_BASE <= uid < grader.uids.UID_BASE + grader.uids.UID_SLOTS
+        assert (
+            grader.execution.uids.UID_BASE
+            <= uid
+            < grader.execution.uids.UID_BASE + grader.execution.uids.UID_SLOTS
+        )
     assert cell["processes"].status == "ok", cell["processes"].error_value
 
 
@@ -212,7 +216,7 @@ def test_without_cgroups_the_full_sandbox_is_refused(monkeypatch) -> None:
 
 
 def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
-    monkeypatch.setattr(grader.sandbox, "find_bwrap", lambda: None)
+    monkeypatch.setattr(grader.execution.sandbox, "find_bwrap", lambda: None)
     with pytest.raises(SandboxUnavailable, match="bwrap"):
         execute(new_notebook(cells=[new_code_cell("x = [1]")]), RunLimits(require_sandbox=True))
     monkeypatch.setenv("MBGD_TEST_SECRET", "x")
@@ -228,18 +232,18 @@ def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="uid leases exist only as root")
 def test_stale_work_dirs_are_swept_but_live_ones_kept() -> None:
-    lease = grader.uids.UidLease()  # a live kernel's uid: its dir must survive
+    lease = grader.execution.uids.UidLease()  # a live kernel's uid: its dir must survive
     stale_uid = next(
         u
-        for u in range(grader.uids.UID_BASE + 1, grader.uids.UID_BASE + 100)
-        if u != lease.uid and not grader.uids.processes_of_uid(u)
+        for u in range(grader.execution.uids.UID_BASE + 1, grader.execution.uids.UID_BASE + 100)
+        if u != lease.uid and not grader.execution.uids.processes_of_uid(u)
     )
     live = Path(f"/tmp/mbgd-{lease.uid}-sweeptest")
     stale = Path(f"/tmp/mbgd-{stale_uid}-sweeptest")
     try:
         for path in (live, stale):
             (path / "home").mkdir(parents=True)
-        removed = grader.uids.sweep_stale_workdirs(force=True)
+        removed = grader.execution.uids.sweep_stale_workdirs(force=True)
         assert stale in removed and not stale.exists()
         assert live.exists() and live not in removed
     finally:

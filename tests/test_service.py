@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from grader.pool import KernelPool
+from grader.execution.pool import KernelPool
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ REUSABLE = ("graded", "rejected")
 
 
 def _results_json(result: GradeResult) -> dict[str, Any]:
-    from grader.report import gradescope_json
+    from grader.reports.feedback import gradescope_json
 
     return gradescope_json(result)
 

@@ -78,12 +78,12 @@ class LocalGrader(_OptionsGrader):
 
     async def open(self) -> None:
         """Warm kernels for this process's grading (started in the background)."""
-        from grader.pool import open_default_pool
+        from grader.execution.pool import open_default_pool
 
         open_default_pool(wait=False)
 
     async def close(self) -> None:
-        from grader.pool import close_default_pool
+        from grader.execution.pool import close_default_pool
 
         await asyncio.to_thread(close_default_pool)
 
@@ -94,7 +94,7 @@ class LocalGrader(_OptionsGrader):
 
 
 class CeleryGrader(_OptionsGrader):
-    """Send `grader.tasks`' grading task to Celery workers and await it without blocking.
+    """Send `grader.remote`' grading task to Celery workers and await it without blocking.
 
     The task id is derived from the submission, so after a restart the service first looks
     for a result a worker delivered while it was down before sending the task again.
@@ -103,7 +103,7 @@ class CeleryGrader(_OptionsGrader):
     mode = "celery"
 
     def __init__(self, broker: str, options: Any = None, *, poll: float = 0.5) -> None:
-        from grader import tasks
+        from grader import remote as tasks
         from grader.pipeline import GradeOptions
 
         self.options = options or GradeOptions()
@@ -118,7 +118,7 @@ class CeleryGrader(_OptionsGrader):
         """Nothing to stop."""
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
-        from grader import tasks
+        from grader import remote as tasks
 
         tid = tasks.task_id(name, f"service:{key}:{self.fingerprint()}")
         pending = self.app.AsyncResult(tid)

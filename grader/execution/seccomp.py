@@ -11,7 +11,8 @@ entry points of kernel exploits) are refused as well.
 
 The program is built once by the harness with libseccomp (through `pyseccomp`) and installed
 in both launch paths: bwrap's `--seccomp FD` for a fresh kernel, and `prctl(PR_SET_SECCOMP)`
-by the zygote's kernel child just before it becomes ipykernel (grader/zygote.py).
+by the zygote's kernel child just before it becomes ipykernel
+(grader/execution/in_kernel/zygote.py).
 """
 
 from __future__ import annotations

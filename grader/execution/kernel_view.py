@@ -1,10 +1,11 @@
 """What of the grader a learner's kernel could see, and the bubblewrap options that hide it.
 
-The kernel's sandbox binds the Python it runs on read-only (`grader.sandbox.ro_binds`): the
-interpreter's prefix, the venv and the site dirs added by `.pth` files. With a regular
-install (`pip install .`, a wheel, `--target`), the grader itself lives in one of those
-site-packages, so without more a notebook could `from reference import expected` and compute
-the right LOSS20 for whatever seed its run uses, or read the rubric and the sources.
+The kernel's sandbox binds the Python it runs on read-only
+(`grader.execution.sandbox.ro_binds`): the interpreter's prefix, the venv and the site dirs
+added by `.pth` files. With a regular install (`pip install .`, a wheel, `--target`), the grader
+itself lives in one of those site-packages, so without more a notebook could `from reference
+import expected` and compute the right LOSS20 for whatever seed its run uses, or read the rubric
+and the sources.
 
 `mask_argv(bound)` finds, from the harness's point of view, where the grader lives:
 - the packages `grader` and `reference` as this process imports them (`__spec__` locations);
@@ -21,9 +22,9 @@ namespace package either), `/dev/null` for a file (bound `nodev`: it cannot even
 Where a path to hide holds a bound path itself (a venv inside a checkout under a bound
 directory), its other entries are hidden one by one instead.
 
-The warm pool's zygote is started with the same options (`grader.sandbox.bwrap_argv`), and the
-kernels it forks copy its mount namespace (their fresh /tmp binds back what of Python lives
-under /tmp recursively), so both launch paths hide the same things.
+The warm pool's zygote is started with the same options (`grader.execution.sandbox.bwrap_argv`),
+and the kernels it forks copy its mount namespace (their fresh /tmp binds back what of Python
+lives under /tmp recursively), so both launch paths hide the same things.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ PACKAGES = ("grader", "reference")
 DISTRIBUTION = "mbgd-grader"
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/sbin")
-STUB = Path(__file__).with_name("masked_init.py")  # the __init__.py of a hidden package
+STUB = Path(__file__).parent / "in_kernel" / "masked_init.py"  # the __init__.py of a hidden package
 
 
 def _real(path: str | os.PathLike[str]) -> str:

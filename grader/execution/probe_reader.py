@@ -1,8 +1,8 @@
 """Harness side of the in-kernel probe: the code we inject and the reader of its records.
 
-The probe itself lives in `grader.kernel_probe` (a normal module so it is linted and tested,
-but it only ever runs inside the learner's kernel). This module builds the one silent execute
-that installs it and turns the records it publishes back into validated models.
+The probe itself lives in `grader.execution.in_kernel.probe` (a normal module so it is linted
+and tested, but it only ever runs inside the learner's kernel). This module builds the one
+silent execute that installs it and turns the records it publishes back into validated models.
 
 Everything that comes back is untrusted: a record is read only from a display_data message
 carrying this run's random MIME type, is size-capped before parsing, parsed with `json.loads`
@@ -42,7 +42,7 @@ INPUT_MESSAGE = (
     "input() is not available when the notebook is graded: remove the call or give the "
     "value directly"
 )
-_SOURCE = Path(__file__).with_name("kernel_probe.py").read_text(encoding="utf-8")
+_SOURCE = (Path(__file__).parent / "in_kernel" / "probe.py").read_text(encoding="utf-8")
 
 
 def new_mime() -> str:

@@ -1,13 +1,13 @@
 """A warm pool: kernels forked from a parent that already imported torch, numpy and pyplot.
 
-Issue 5: most of a fresh kernel's cost is fixed (interpreter start, importing torch and
-pyplot). `KernelPool` pays it once. It starts `grader.zygote` under bubblewrap (the same
-read-only system, no network, scrubbed environment as a fresh kernel, plus the capabilities
+Issue 5: most of a fresh kernel's cost is fixed (interpreter start, importing torch and pyplot).
+`KernelPool` pays it once. It starts `grader.execution.in_kernel.zygote` under bubblewrap (the
+same read-only system, no network, scrubbed environment as a fresh kernel, plus the capabilities
 the zygote needs to build each child's sandbox) and asks it for one forked kernel per
-submission. Every forked kernel gets, before any learner code runs, its own mount, network,
-ipc, uts and pid namespaces, a fresh /tmp with only its own work dir in it, its own leased
-uid, rlimits and environment (see `grader.zygote`). A kernel is used once and killed, so
-nothing a learner does (globals, monkeypatches, files, threads) reaches the next one.
+submission. Every forked kernel gets, before any learner code runs, its own mount, network, ipc,
+uts and pid namespaces, a fresh /tmp with only its own work dir in it, its own leased uid,
+rlimits and environment (see `grader.execution.in_kernel.zygote`). A kernel is used once and
+killed, so nothing a learner does (globals, monkeypatches, files, threads) reaches the next one.
 
     pool = KernelPool()
     pool.start()                        # a few seconds, once; from a long-lived thread
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import psutil
 
-from grader import seccomp
-from grader.sandbox import (
+from grader.execution import seccomp
+from grader.execution.sandbox import (
     KERNEL_ARGS,
     RunLimits,
     SandboxedKernel,
@@ -46,7 +46,7 @@ from grader.sandbox import (
     rlimits,
     ro_binds,
 )
-from grader.uids import processes_of_uid
+from grader.execution.uids import processes_of_uid
 
 WARM_MODULES = [
     "numpy",
@@ -62,7 +62,7 @@ WARM_MODULES = [
 ]
 ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 START_TIMEOUT = 180.0
-_SOURCE = Path(__file__).with_name("zygote.py").read_text(encoding="utf-8")
+_SOURCE = (Path(__file__).parent / "in_kernel" / "zygote.py").read_text(encoding="utf-8")
 _default: KernelPool | None = None
 
 

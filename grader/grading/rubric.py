@@ -1,7 +1,7 @@
 """The rubric: which checks exist, their points, and how the answer is found and compared.
 
 A rubric is a TOML file so instructors can reweight checks or add aliases without code; the
-checks themselves (what each id tests) live in `grader.checks`.
+checks themselves (what each id tests) live in `grader.grading.checks`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def parse_rubric(text: str) -> Rubric:
 
 
 def default_rubric_text() -> str:
-    return files("grader").joinpath("default_rubric.toml").read_text(encoding="utf-8")
+    return files("grader.grading").joinpath("default_rubric.toml").read_text(encoding="utf-8")
 
 
 def load_rubric(path: str | Path | None = None) -> Rubric:

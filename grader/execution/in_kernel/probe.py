@@ -1,8 +1,8 @@
 """The probe: code that runs INSIDE the learner's kernel (never imported by the harness).
 
-`grader.probe` sends this file's source to the kernel in a silent execute before the first
-learner cell and calls `install(...)`. It keeps nothing in the learner's namespace; its only
-handle is the module object `sys.modules["_mbgd_probe"]`.
+`grader.execution.probe_reader` sends this file's source to the kernel in a silent execute
+before the first learner cell and calls `install(...)`. It keeps nothing in the learner's
+namespace; its only handle is the module object `sys.modules["_mbgd_probe"]`.
 
 What it does:
 - forces the non-interactive Agg backend and makes `%matplotlib` / `%pylab` no-ops, so no
@@ -42,8 +42,9 @@ MAX_CANDIDATES = 200  # variables reported per cell
 MAX_LINES = 50  # lines per axes
 MAX_AXES = 20  # axes per figure
 MAX_FIGURES = 500  # figures per run
-MAX_RECORD_CHARS = 8 << 20  # = grader.probe.MAX_RECORD_BYTES: a longer record is not sent
-INPUT_MESSAGE = (  # = grader.probe.INPUT_MESSAGE
+# = grader.execution.probe_reader.MAX_RECORD_BYTES: a longer record is not sent
+MAX_RECORD_CHARS = 8 << 20
+INPUT_MESSAGE = (  # = grader.execution.probe_reader.INPUT_MESSAGE
     "input() is not available when the notebook is graded: remove the call or give the "
     "value directly"
 )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from grader.integrity import key_digest
+from grader.grading.integrity import key_digest
 from grader.models import GradeResult
 
 SCHEMA = """
@@ -39,7 +39,7 @@ CREATE INDEX IF NOT EXISTS submissions_key ON submissions (key);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# The integrity key (grader.integrity). The name is from when it held the one secret seed of
+# The integrity key (grader.grading.integrity). The name is from when it held the one secret seed of
 # every submission; such a gradebook's number is now its key.
 SECRET_SEED = "integrity_secret_seed"
 

@@ -71,7 +71,7 @@ class BackgroundReports:
 
 def write_reports_or_say(result: GradeResult, folder: Path) -> str:
     """In the writer process: write, and return what went wrong ("" when nothing did)."""
-    from grader.report import write_reports
+    from grader.reports.feedback import write_reports
 
     try:
         write_reports(result, folder)

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from grader.probe import MAX_RECORD_BYTES
+from grader.execution.probe_reader import MAX_RECORD_BYTES
 
 # The biggest message the harness accepts: a probe record (JSON text inside a JSON string, so
 # at worst twice its size once escaped) plus the envelope.

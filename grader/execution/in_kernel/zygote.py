@@ -1,10 +1,10 @@
 """The warm parent of pooled kernels: runs INSIDE the pool's bubblewrap sandbox, as its script.
 
-`grader.pool` starts this source with `python -c` under bwrap (read-only system, no network,
-private /tmp holding only the pool dir, capabilities CAP_SYS_ADMIN/SETUID/SETGID/SETPCAP kept
-for this trusted code). It imports torch, numpy, matplotlib (Agg), IPython and ipykernel once,
-freezes the GC (fewer copy-on-write pages), prints `{"ready": ...}` and then serves one JSON
-request per stdin line: spawn a kernel.
+`grader.execution.pool` starts this source with `python -c` under bwrap (read-only system, no
+network, private /tmp holding only the pool dir, capabilities
+CAP_SYS_ADMIN/SETUID/SETGID/SETPCAP kept for this trusted code). It imports torch, numpy,
+matplotlib (Agg), IPython and ipykernel once, freezes the GC (fewer copy-on-write pages), prints
+`{"ready": ...}` and then serves one JSON request per stdin line: spawn a kernel.
 
 A spawn forks an intermediate process that unshares new mount, network, ipc, uts and pid
 namespaces and forks a tiny init (pid 1 of the new pid namespace), which forks the kernel
@@ -18,7 +18,7 @@ namespaces and forks a tiny init (pid 1 of the new pid namespace), which forks t
   and numpy's global RNG;
 - drops the capability bounding set, clears groups, becomes its own leased uid/gid
   (which clears its capabilities), sets no_new_privs and installs the harness's seccomp
-  filter (`grader.seccomp`: no new user namespaces, no mount/bpf/keyring/io_uring calls);
+  filter (`grader.execution.seccomp`: no new user namespaces, no mount/bpf/keyring/io_uring calls);
 then writes one byte to the ready pipe and becomes an ipykernel on the ipc connection file.
 
 The zygote exits when its stdin closes (the harness went away); kernels die with it through
@@ -100,7 +100,7 @@ class SockFprog(ctypes.Structure):
 
 
 def install_filter(program: bytes) -> None:
-    """Load the harness's seccomp program (grader.seccomp) for this process and its children."""
+    """Load the harness's seccomp program (grader.execution.seccomp) for us and our children."""
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from grader.models import CellRun, GradeResult
-from grader.plot import curves_data_uri
+from grader.reports.plot import curves_data_uri
 
 MAX_TRACEBACK_LINES = 30
 MAX_TRACEBACK_CHARS = 4000
@@ -118,7 +118,7 @@ def failing_cells(result: GradeResult) -> list[CellRun]:
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("grader", "templates"),
+        loader=jinja2.PackageLoader("grader.reports", "templates"),
         autoescape=True,  # the template is .html.j2, so select_autoescape would miss it
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -41,8 +41,8 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
-from grader import cgroups, kernel_view, seccomp
-from grader.uids import UidLease, processes_of_uid, sweep_stale_workdirs
+from grader.execution import cgroups, kernel_view, seccomp
+from grader.execution.uids import UidLease, processes_of_uid, sweep_stale_workdirs
 
 SANDBOXED = "bubblewrap"
 

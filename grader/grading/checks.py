@@ -15,10 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from grader.compare import Tolerance, find_window, first_difference, matching_prefix, starts_with
-from grader.diagnosis import Finding, data_finding, divergence_finding, mistake_finding
+from grader.grading.compare import (
+    Tolerance,
+    find_window,
+    first_difference,
+    matching_prefix,
+    starts_with,
+)
+from grader.grading.diagnosis import Finding, data_finding, divergence_finding, mistake_finding
+from grader.grading.rubric import CheckSpec, Rubric
 from grader.models import Axes, CheckResult, Curve, Execution, GradeResult, Variable
-from grader.rubric import CheckSpec, Rubric
 from reference import LabSettings, expected
 
 ANSWER_METHOD = "LOSS20"

@@ -43,14 +43,14 @@ class InfrastructureError(Exception):
 def _warm_up(**_: object) -> None:
     """Each pool child grades with its own warm kernel pool, started in the background:
     Celery kills a child that takes more than a few seconds to report alive."""
-    from grader.pool import open_default_pool
+    from grader.execution.pool import open_default_pool
 
     open_default_pool(wait=False)
 
 
 @worker_process_shutdown.connect
 def _cool_down(**_: object) -> None:
-    from grader.pool import close_default_pool
+    from grader.execution.pool import close_default_pool
 
     close_default_pool()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grader.compare import Tolerance, log_distance, starts_with
+from grader.grading.compare import Tolerance, log_distance, starts_with
 from grader.models import Variable
 from reference import LabSettings, make_data, mistake_info, mistake_variants
 

@@ -1,19 +1,19 @@
 """Execute one notebook in a fresh sandboxed kernel and report what happened as an Execution.
 
-nbclient runs the learner's cells one at a time in a kernel from `grader.sandbox` (or from a
-warm `grader.pool.KernelPool`), with the in-kernel probe (`grader.probe`) installed silently
-first so cell indices stay the learner's. Budgets are enforced here, not by nbclient: each
-cell races its timeout and the kernel process's exit, so a hung cell becomes "timeout" and a
-dead kernel "died" (or "oom"), always against the cell that caused it; later cells are then
-"not_run". Errors do not stop the run. Teardown is a SIGKILL of the kernel's process tree and
-uid, never a graceful shutdown.
+nbclient runs the learner's cells one at a time in a kernel from `grader.execution.sandbox` (or
+from a warm `grader.execution.pool.KernelPool`), with the in-kernel probe
+(`grader.execution.probe_reader`) installed silently first so cell indices stay the learner's.
+Budgets are enforced here, not by nbclient: each cell races its timeout and the kernel process's
+exit, so a hung cell becomes "timeout" and a dead kernel "died" (or "oom"), always against the
+cell that caused it; later cells are then "not_run". Errors do not stop the run. Teardown is a
+SIGKILL of the kernel's process tree and uid, never a graceful shutdown.
 
-Everything the kernel sends costs bounded memory and time (issue 12): only shell and iopub
-are opened, with small receive queues, through a `grader.zmtp_guard.KernelGuard` that cuts a
-kernel whose message passes 17 MB (a cut is a "died" cell, a ProtocolError saying why); the
+Everything the kernel sends costs bounded memory and time (issue 12): only shell and iopub are
+opened, with small receive queues, through a `grader.execution.zmtp_guard.KernelGuard` that cuts
+a kernel whose message passes 17 MB (a cut is a "died" cell, a ProtocolError saying why); the
 client keeps no outputs, comm or widget state; stdin is never offered, so `input()` fails at
-once; and every wait on the kernel has a deadline that is checked for every message read,
-so a flood cannot hold a loop open past it.
+once; and every wait on the kernel has a deadline that is checked for every message read, so a
+flood cannot hold a loop open past it.
 
 `execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
 `require_sandbox` is set and bwrap is missing) and genuine harness bugs escape.
@@ -36,10 +36,16 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from grader.execution.probe_reader import (
+    FLUSH_CODE,
+    INPUT_MESSAGE,
+    ProbeReader,
+    install_code,
+    new_mime,
+)
+from grader.execution.sandbox import RunLimits, SandboxedKernel, SandboxUnavailable
+from grader.execution.zmtp_guard import MAX_MESSAGE_BYTES, KernelGuard
 from grader.models import CellRun, Execution
-from grader.probe import FLUSH_CODE, INPUT_MESSAGE, ProbeReader, install_code, new_mime
-from grader.sandbox import RunLimits, SandboxedKernel, SandboxUnavailable
-from grader.zmtp_guard import MAX_MESSAGE_BYTES, KernelGuard
 
 __all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
 
@@ -395,11 +401,11 @@ async def _run_cells(
 async def _start_kernel(limits: RunLimits, pool: KernelSource | None) -> Kernel:
     """A started kernel: forked from the (given or default) warm pool, else a fresh one."""
     if pool is None:
-        from grader.pool import default_pool
+        from grader.execution.pool import default_pool
 
         pool = default_pool()
     if pool is not None:
-        from grader.pool import PoolUnavailable
+        from grader.execution.pool import PoolUnavailable
 
         with contextlib.suppress(PoolUnavailable):
             return await pool.acquire(limits)
