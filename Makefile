@@ -5,7 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 OUT     ?= reports
 
-.PHONY: setup system-deps grade test lint format bench clean
+.PHONY: setup system-deps grade test lint typecheck format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,15 +25,20 @@ grade: setup
 	$(BIN)/mbgd-grader grade submissions/correct submissions/mistakes submissions/broken \
 		--out $(OUT) --cell-timeout 20
 
-## test: lint, then the whole test suite
+## test: lint, type-check, then the whole test suite
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## typecheck: mypy over grader/ and reference/ (settings in pyproject.toml)
+typecheck: setup
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .
@@ -45,4 +50,4 @@ bench: setup
 	$(BIN)/python benchmarks/isolation.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache .mypy_cache

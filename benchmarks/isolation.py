@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import DEFAULT_NOTEBOOK, cli  # noqa: E402
+from throughput import DEFAULT_NOTEBOOK, cli
 
 MODES = {
     "without": {"MBGD_CGROUPS": "0", "MBGD_SECCOMP": "0"},

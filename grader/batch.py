@@ -14,51 +14,35 @@ path (`alice`), for layouts with one folder per learner.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import re
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from grader import __version__
-from grader.gradebook import SECRET_SEED, Gradebook, grade_key
+from grader.errors import UsageError
+from grader.gradebook import SECRET_SEED, Gradebook
+from grader.grading.identity import grade_key, grading_fingerprint
 from grader.grading.integrity import new_key
-from grader.models import GradeResult
+from grader.models import PROBLEM_STATUSES, Entry, GradeResult, Item, Sink, grader_failed
 from grader.reports.writer import BackgroundReports, write_or_note
+from grader.submission import notebooks_under, read_capped
 
 if TYPE_CHECKING:
+    from grader.execution.runner import KernelSource
     from grader.pipeline import GradeOptions
 
 LearnerFrom = Literal["path", "first-dir", "stem"]
-MAX_NOTEBOOK_BYTES = 10 * 1024 * 1024  # submission.load rejects anything larger
 SEED_ENV = "MBGD_SECRET_SEED"
 RESERVED = {"gradebook.csv", "gradebook.sqlite", "summary.html"}
-SKIP_DIRS = {".ipynb_checkpoints", "__pycache__", "__MACOSX"}
 
 
-class BatchError(Exception):
+class BatchError(UsageError):
     """A usage problem (missing path, no notebooks): exit code 2."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One notebook to grade and where its verdict goes."""
-
-    submission: str
-    learner: str
-    path: Path
-    report_dir: str
-    sha256: str
-    key: str = ""
-
-    def read(self) -> bytes:
-        # Read one byte past the cap so an oversized file is rejected by submission.load,
-        # not silently truncated into something that parses.
-        with self.path.open("rb") as fh:
-            return fh.read(MAX_NOTEBOOK_BYTES + 1)
 
 
 @dataclass
@@ -74,22 +58,6 @@ class BatchOutcome:
 
 
 # -- discovery -------------------------------------------------------------------------------
-
-
-def _notebooks_under(root: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            # Symlinks are not followed: a link in a class folder may point anywhere.
-            if name.endswith(".ipynb") and not name.startswith(".") and _regular(path):
-                found.append(path)
-    return found
-
-
-def _regular(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
 
 
 def _safe_part(part: str) -> str:
@@ -120,14 +88,14 @@ def _learner(submission: str, learner_from: LearnerFrom) -> str:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        digest.update(fh.read(MAX_NOTEBOOK_BYTES + 1))
-    return digest.hexdigest()
+    return hashlib.sha256(read_capped(path)).hexdigest()
 
 
 def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[Item]:
-    """Every notebook under `paths` with a unique submission id and report folder."""
+    """Every notebook under `paths` with a unique submission id and report folder.
+
+    A folder is searched as `grader.submission.notebooks_under` says (no hidden files, no
+    symbolic links); a file named in `paths` is taken as it is."""
     items: list[Item] = []
     seen: set[str] = set()
     taken: set[str] = set()
@@ -135,8 +103,7 @@ def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[
         given = Path(given)
         if given.is_dir():
             pairs = [
-                (p, p.relative_to(given).with_suffix("").as_posix())
-                for p in _notebooks_under(given)
+                (p, p.relative_to(given).with_suffix("").as_posix()) for p in notebooks_under(given)
             ]
         elif given.is_file():
             pairs = [(given, given.stem)]
@@ -180,36 +147,27 @@ def secret_key(book: Gradebook) -> str:
 
 
 def keyed(items: list[Item], options: GradeOptions) -> list[Item]:
-    from grader.pipeline import rubric_fingerprint
-
-    fingerprint = rubric_fingerprint(options)
+    """`items` with their grade keys (`grader.grading.identity`)."""
+    fingerprint = grading_fingerprint(options.rubric().fingerprint, options.integrity)
     key = options.secret_key if options.integrity else None
     return [
-        Item(**{**i.__dict__, "key": grade_key(i.sha256, fingerprint, __version__, key)})
+        dataclasses.replace(i, key=grade_key(i.sha256, fingerprint, __version__, key))
         for i in items
     ]
 
 
 # -- grading ---------------------------------------------------------------------------------
 
-Sink = Callable[[Item, GradeResult, bool], None]  # (item, result, persist)
 
-
-def harness_error(item: Item, error: BaseException) -> GradeResult:
-    """A stand-in verdict when the grader itself failed: shown, never stored, exit code 1."""
-    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return GradeResult(
-        submission=item.submission,
-        status="crashed",
-        score=0.0,
-        max_score=0.0,
-        grader_version=__version__,
-        error=f"internal grader error (not the learner's fault): {detail}",
-    )
-
-
-async def grade_local(items: list[Item], options: GradeOptions, jobs: int, sink: Sink) -> None:
-    """Grade `items` with at most `jobs` kernels at once, calling `sink` as each finishes."""
+async def grade_local(
+    items: list[Item],
+    options: GradeOptions,
+    jobs: int,
+    sink: Sink,
+    pool: KernelSource | None = None,
+) -> None:
+    """Grade `items` with at most `jobs` kernels at once (forked from `pool` when given),
+    calling `sink` as each finishes."""
     from grader.pipeline import grade_async
 
     queue = list(reversed(items))
@@ -218,11 +176,16 @@ async def grade_local(items: list[Item], options: GradeOptions, jobs: int, sink:
         while queue:
             item = queue.pop()
             try:
-                result = await grade_async(item.read(), item.submission, options)
+                result = await grade_async(
+                    read_capped(item.path), item.submission, options, pool=pool
+                )
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - a harness bug must not stop the batch
-                sink(item, harness_error(item, error), False)
+            # Not only GraderError: grade_async turns what a notebook does into a result, but a
+            # notebook can still lead the grader into a bug of its own. That costs this one
+            # notebook (a stand-in verdict, exit code 1), never the rest of the batch.
+            except Exception as error:  # noqa: BLE001
+                sink(item, grader_failed(item.submission, error), False)
                 continue
             sink(item, result, True)
 
@@ -249,7 +212,7 @@ def run_batch(
         items = keyed(items, options)
         keys = {i.submission: i.key for i in items}
         # Unchanged: a readable row graded under the same key (content, rubric, version, key).
-        done = [row for row in book.rows(keys) if keys[row.submission] == row.key]
+        done = [row for row in book.rows(keys) if keys[row.submission] == row.item.key]
         finished = {row.submission for row in done}
         pending = [i for i in items if i.submission not in finished]
         outcome = BatchOutcome(items=items, results={}, secret_key=options.secret_key)
@@ -267,15 +230,7 @@ def run_batch(
             if persist:
                 # The grade first: it is what is expensive to redo. Missing reports are
                 # rewritten from the gradebook on the next run.
-                book.put(
-                    submission=item.submission,
-                    learner=item.learner,
-                    source=str(item.path),
-                    report_dir=item.report_dir,
-                    key=item.key,
-                    sha256=item.sha256,
-                    result=result,
-                )
+                book.put(item, result)
                 outcome.graded += 1
                 reports.submit(item.submission, result, out / item.report_dir)
             else:
@@ -292,8 +247,8 @@ def run_batch(
             elif pending:
                 from grader.execution.pool import warm_pool
 
-                with warm_pool():
-                    asyncio.run(grade_local(pending, options, jobs, sink))
+                with warm_pool() as pool:  # None where the sandbox allows no warm pool
+                    asyncio.run(grade_local(pending, options, jobs, sink, pool))
     return outcome
 
 
@@ -320,7 +275,7 @@ def grade_main(
     from rich.console import Console
 
     from grader.progress import ConsoleProgress
-    from grader.reports.summary import Entry, print_class_table, write_summary
+    from grader.reports.summary import print_class_table, write_summary
 
     progress = ConsoleProgress()
     try:
@@ -358,13 +313,13 @@ def grade_main(
     finally:
         progress.stop()
     entries = [
-        Entry(i.submission, i.learner, i.report_dir, outcome.results[i.submission])
+        Entry(i, outcome.results[i.submission])
         for i in outcome.items
         if i.submission in outcome.results
     ]
     write_summary(entries, out)
     print_class_table(entries, Console())
-    problems = sum(1 for e in entries if e.result.status in ("timeout", "crashed", "rejected"))
+    problems = sum(1 for e in entries if e.result.status in PROBLEM_STATUSES)
     progress.console.print(
         f"{len(entries)} submissions: {outcome.graded} graded now, {outcome.skipped} unchanged "
         f"(skipped), {problems} timed out/crashed/unreadable. "
@@ -372,6 +327,6 @@ def grade_main(
         highlight=False,
         soft_wrap=True,
     )
-    for error in outcome.harness_errors:
-        progress.console.print(f"[red]grader error[/red] {error}", highlight=False)
+    for problem in outcome.harness_errors:
+        progress.console.print(f"[red]grader error[/red] {problem}", highlight=False)
     return 1 if outcome.harness_errors else 0

@@ -9,6 +9,11 @@ from pathlib import Path
 import click
 
 from grader import __version__
+from grader.execution.sandbox import RunLimits
+
+# The budgets' defaults live in RunLimits; the help texts show them from there.
+TOTAL_TIMEOUT = f"{RunLimits.model_fields['total_timeout'].default:g}"
+CELL_TIMEOUT = f"{RunLimits.model_fields['cell_timeout'].default:g}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,13 +103,13 @@ def serve(host: str, port: int, db: str | None, broker: str | None, slots: int |
     "--timeout",
     type=click.FloatRange(1, 86400),
     default=None,
-    help="Seconds one notebook may run in total.  [default: 240]",
+    help=f"Seconds one notebook may run in total.  [default: {TOTAL_TIMEOUT}]",
 )
 @click.option(
     "--cell-timeout",
     type=click.FloatRange(1, 86400),
     default=None,
-    help="Seconds one cell may run before it is stopped.  [default: 60]",
+    help=f"Seconds one cell may run before it is stopped.  [default: {CELL_TIMEOUT}]",
 )
 @click.option(
     "--broker",
@@ -144,9 +149,8 @@ def grade(
     """
     import os
 
-    from grader.batch import BatchError, grade_main
-    from grader.execution.runner import RunLimits
-    from grader.grading.rubric import RubricError
+    from grader.batch import grade_main
+    from grader.errors import UsageError
     from grader.pipeline import GradeOptions
 
     limits = RunLimits(require_sandbox=require_sandbox)
@@ -165,7 +169,7 @@ def grade(
             broker=broker,
             learner_from=learner_from,  # type: ignore[arg-type]
         )
-    except (BatchError, RubricError) as error:
+    except UsageError as error:  # BatchError, RubricError: what was asked cannot be done
         raise click.UsageError(str(error)) from error
     sys.exit(code)
 
@@ -183,7 +187,7 @@ def grade(
     "--timeout",
     type=click.FloatRange(1, 86400),
     default=None,
-    help="The batches' per-notebook --timeout; sizes time limits.  [default: 240]",
+    help=f"The batches' per-notebook --timeout; sizes time limits.  [default: {TOTAL_TIMEOUT}]",
 )
 @click.option(
     "--visibility-timeout",

@@ -4,20 +4,23 @@ SQLite in WAL mode with one transaction per result means a Ctrl-C or a `kill -9`
 batch loses only the submissions that were still being graded. Each row carries the key
 (content hash + rubric fingerprint + grader version + integrity key) its grade was computed
 under, so a re-run skips what is unchanged and re-grades a changed notebook.
+
+A row is an `Entry` (`grader.models`): the `Item` (who, which file, its report folder, sha256
+and grade key) and its `GradeResult`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from grader.grading.integrity import key_digest
-from grader.models import GradeResult
+from grader.grading.identity import grade_key
+from grader.models import Entry, GradeResult, Item
+
+__all__ = ["SECRET_SEED", "Gradebook", "grade_key"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -25,7 +28,7 @@ CREATE TABLE IF NOT EXISTS submissions (
     learner    TEXT NOT NULL,
     source     TEXT NOT NULL,      -- the file that was graded
     report_dir TEXT NOT NULL,      -- relative to the output folder
-    key        TEXT NOT NULL,      -- see grade_key()
+    key        TEXT NOT NULL,      -- grader.grading.identity.grade_key()
     sha256     TEXT NOT NULL,      -- of the notebook bytes
     status     TEXT NOT NULL,
     score      REAL NOT NULL,
@@ -42,29 +45,6 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 # The integrity key (grader.grading.integrity). The name is from when it held the one secret seed of
 # every submission; such a gradebook's number is now its key.
 SECRET_SEED = "integrity_secret_seed"
-
-
-def grade_key(sha256: str, rubric_fingerprint: str, grader_version: str, secret: str | None) -> str:
-    """The identity of a grade: the same key means the same verdict, so it need not be redone.
-
-    `secret`: the integrity key, None without --integrity (it enters as a digest only)."""
-    integrity = "off" if secret is None else f"key={key_digest(str(secret))}"
-    text = f"{sha256}\n{rubric_fingerprint}\n{grader_version}\n{integrity}"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Row:
-    """One gradebook row: where the submission came from and its verdict."""
-
-    submission: str
-    learner: str
-    source: str
-    report_dir: str
-    key: str
-    sha256: str
-    graded_at: str
-    result: GradeResult
 
 
 class Gradebook:
@@ -89,17 +69,7 @@ class Gradebook:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(
-        self,
-        *,
-        submission: str,
-        learner: str,
-        source: str,
-        report_dir: str,
-        key: str,
-        sha256: str,
-        result: GradeResult,
-    ) -> None:
+    def put(self, item: Item, result: GradeResult) -> None:
         """Store (or replace) the grade of one submission in its own transaction."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._db:
@@ -107,12 +77,12 @@ class Gradebook:
             self._db.execute(
                 "INSERT OR REPLACE INTO submissions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    submission,
-                    learner,
-                    source,
-                    report_dir,
-                    key,
-                    sha256,
+                    item.submission,
+                    item.learner,
+                    str(item.path),
+                    item.report_dir,
+                    item.key,
+                    item.sha256,
                     result.status,
                     result.score,
                     result.max_score,
@@ -125,7 +95,7 @@ class Gradebook:
                 ),
             )
 
-    def rows(self, submissions: Iterable[str] | None = None) -> list[Row]:
+    def rows(self, submissions: Iterable[str] | None = None) -> list[Entry]:
         """Stored rows that can be read, in submission order; only the given ones when asked."""
         cursor = self._db.execute(
             "SELECT submission, learner, source, report_dir, key, sha256, graded_at, result "
@@ -140,18 +110,8 @@ class Gradebook:
                 parsed = GradeResult.model_validate_json(result)
             except ValueError:  # written by another grader version: grade it again
                 continue
-            rows.append(
-                Row(
-                    submission=sub,
-                    learner=learner,
-                    source=source,
-                    report_dir=report_dir,
-                    key=key,
-                    sha256=sha,
-                    graded_at=graded_at,
-                    result=parsed,
-                )
-            )
+            item = Item(sub, learner, Path(source), report_dir, sha, key)
+            rows.append(Entry(item, parsed, graded_at))
         return rows
 
     def count(self) -> int:

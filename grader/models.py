@@ -7,14 +7,41 @@ learner's kernel is re-validated into these models before anyone reads it.
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
+
+from grader import __version__
 
 CellStatus = Literal["ok", "error", "timeout", "died", "not_run"]
 KernelFate = Literal["ok", "timeout", "died", "oom", "not_started"]
 SubmissionStatus = Literal["graded", "rejected", "timeout", "crashed"]
 IntegrityStatus = Literal["not_checked", "passed", "flagged"]
+# A submission with one of these needs the instructor's look (the console bar, the summary).
+PROBLEM_STATUSES: tuple[SubmissionStatus, ...] = ("timeout", "crashed", "rejected")
+
+
+class CheckId(StrEnum):
+    """Every rubric check there is: the ids rubrics, results, reports and gradebooks use.
+
+    A rubric TOML names some of them (`grader.grading.rubric`); what each tests is in
+    `grader.grading.checks`. They are strings: `check.id == CheckId.LOSS20_VALUES` holds for
+    a `CheckResult` read back from JSON. Never rename one: stored gradebooks use them.
+    """
+
+    NOTEBOOK_RUNS = "notebook.runs"
+    LOSS20_PRESENT = "loss20.present"
+    LOSS20_VALUES = "loss20.values"
+    PLOT_LOSS20 = "plot.loss20"
+    PLOT_ALL_METHODS = "plot.all_methods"
+    PLOT_LEGEND = "plot.legend"
+    INTEGRITY_SEED = "integrity.seed"  # added by --integrity (the secret-seed re-run)
 
 
 class Line(BaseModel):
@@ -76,7 +103,7 @@ class Execution(BaseModel):
 
 
 class CheckResult(BaseModel):
-    id: str  # rubric check id, e.g. "loss20.values"
+    id: str  # a CheckId value, e.g. "loss20.values"
     name: str  # human title
     points: float
     max_points: float
@@ -112,3 +139,88 @@ class GradeResult(BaseModel):
     reference_curves: list[Curve] = Field(default_factory=list)
     seconds: float = 0.0
     error: str = ""  # why a submission was rejected or crashed the harness
+
+
+def not_graded(
+    submission: str,
+    status: SubmissionStatus,
+    error: str,
+    *,
+    checks: list[CheckResult] | None = None,
+    max_score: float = 0.0,
+    rubric_name: str = "",
+    diagnosis: str = "",
+    mistake: str = "",
+    seconds: float = 0.0,
+) -> GradeResult:
+    """The verdict on a submission that was not graded: no points, and `error` says why.
+
+    The one recipe for them all: a file that is not a notebook ("rejected", with the rubric's
+    checks at zero), a grader that failed on it ("crashed", `grader_failed`), a Celery task
+    stopped at its time limit ("timeout")."""
+    return GradeResult(
+        submission=submission,
+        status=status,
+        score=0.0,
+        max_score=max_score,
+        checks=checks or [],
+        diagnosis=diagnosis,
+        mistake=mistake,
+        grader_version=__version__,
+        rubric_name=rubric_name,
+        seconds=seconds,
+        error=error,
+    )
+
+
+def grader_failed(submission: str, error: BaseException) -> GradeResult:
+    """A stand-in verdict when the grader itself failed on a submission: shown, never stored."""
+    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return not_graded(
+        submission, "crashed", f"internal grader error (not the learner's fault): {detail}"
+    )
+
+
+# -- a class folder's submissions (the batch, its gradebook, console bar and summary) --------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One notebook of a class folder: who handed it in, where it is, where its reports go."""
+
+    submission: str  # unique in the batch: its path relative to the folder, without .ipynb
+    learner: str
+    path: Path  # the file that is (or was) graded
+    report_dir: str  # relative to the output folder
+    sha256: str  # of the notebook's bytes
+    key: str = ""  # the identity of its grade (grader.grading.identity.grade_key)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An item and its verdict: a gradebook row, a line of the class summary."""
+
+    item: Item
+    result: GradeResult
+    graded_at: str = ""  # ISO 8601, when read from the gradebook
+
+    @property
+    def submission(self) -> str:
+        return self.item.submission
+
+    @property
+    def learner(self) -> str:
+        return self.item.learner
+
+    @property
+    def report_dir(self) -> str:
+        return self.item.report_dir
+
+    @property
+    def feedback_href(self) -> str:
+        return quote(f"{self.item.report_dir}/feedback.html")
+
+
+# Where a grading backend hands each finished item: (item, result, persist). `persist` is False
+# for a stand-in verdict of a grader failure, which is shown but never stored.
+Sink = Callable[[Item, GradeResult, bool], None]

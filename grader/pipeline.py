@@ -7,7 +7,6 @@ result with status "rejected" and the reason, a kernel that dies becomes "crashe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -16,13 +15,13 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from grader import __version__
-from grader.execution.runner import RunLimits, execute_async
+from grader.execution.runner import KernelSource, RunLimits, execute_async
 from grader.grading.checks import evaluate
 from grader.grading.compare import Tolerance, starts_with
 from grader.grading.forgery import hard_coded_cells
 from grader.grading.integrity import derive_seed, new_key
 from grader.grading.rubric import Rubric, load_rubric
-from grader.models import CheckResult, Execution, GradeResult
+from grader.models import CheckId, CheckResult, Execution, GradeResult, not_graded
 from grader.submission import Submission, SubmissionError, load
 from reference import expected
 
@@ -54,13 +53,8 @@ class GradeOptions(BaseModel):
         return load_rubric(self.rubric_path)
 
 
-def rubric_fingerprint(options: GradeOptions) -> str:
-    """What a stored result depends on besides the notebook: rubric text, version, integrity."""
-    text = f"{options.rubric().fingerprint}|{__version__}|integrity={options.integrity}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeResult:
+    """Not a notebook: every check of the rubric at zero, with the reason."""
     checks = [
         CheckResult(
             id=spec.id,
@@ -72,18 +66,16 @@ def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeRes
         )
         for spec in rubric.checks
     ]
-    return GradeResult(
-        submission=name,
-        status="rejected",
-        score=0,
-        max_score=rubric.max_score,
+    return not_graded(
+        name,
+        "rejected",
+        error,
         checks=checks,
+        max_score=rubric.max_score,
+        rubric_name=rubric.name,
         diagnosis=error,
         mistake="not_a_notebook",
-        grader_version=__version__,
-        rubric_name=rubric.name,
         seconds=round(time.monotonic() - started, 3),
-        error=error,
     )
 
 
@@ -100,7 +92,11 @@ RERUN_FAILED = "the secret-seed re-run failed inside the grader (not the learner
 
 
 async def _secret_seed_rerun(
-    submission: Submission, options: GradeOptions, answer_name: str | None, seed: int
+    submission: Submission,
+    options: GradeOptions,
+    answer_name: str | None,
+    seed: int,
+    pool: KernelSource | None,
 ) -> list[float] | None:
     """Run the notebook again with `seed`; return only the values of `answer_name` there.
 
@@ -109,7 +105,9 @@ async def _secret_seed_rerun(
     to a result the learner sees. Its failures are reported with fixed texts only.
     """
     try:
-        second = await execute_async(submission.notebook, options.limits, seed_override=seed)
+        second = await execute_async(
+            submission.notebook, options.limits, seed_override=seed, pool=pool
+        )
     except OSError:
         raise OSError(RERUN_FAILED) from None  # an OSError: the Celery task is retried
     except Exception:  # noqa: BLE001 - whatever it says stays here
@@ -127,11 +125,11 @@ def _integrity_check(
 
     `values`: the answer's values in the re-run (None: it had no such variable). Every message
     is a fixed text: nothing of the re-run or of its seed may reach the learner."""
-    spec = rubric.check("integrity.seed")
+    spec = rubric.check(CheckId.INTEGRITY_SEED)
     assert spec is not None
     tol = Tolerance(rubric.answer.rtol, rubric.answer.atol)
     want = expected(seed=secret_seed, epochs=rubric.answer.epochs)["LOSS20"]
-    values_passed = any(c.id == "loss20.values" and c.passed for c in first.checks)
+    values_passed = any(c.id == CheckId.LOSS20_VALUES and c.passed for c in first.checks)
     follows_seed = values is not None and starts_with(values, want, tol)
     if not values_passed:
         message = "Not checked: LOSS20 does not match the reference for seed 1."
@@ -159,7 +157,7 @@ def _integrity_check(
 def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) -> None:
     """A passing LOSS20 whose numbers stand in the source as literals is flagged, not failed:
     the instructor decides (the secret-seed re-run gives the stronger evidence)."""
-    values = next((c for c in result.checks if c.id == "loss20.values" and c.passed), None)
+    values = next((c for c in result.checks if c.id == CheckId.LOSS20_VALUES and c.passed), None)
     if values is None:
         return
     want = expected(seed=rubric.answer.seed, epochs=rubric.answer.epochs)["LOSS20"]
@@ -175,13 +173,18 @@ def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) 
         result.diagnosis = note
 
 
-async def grade_submission(submission: Submission, options: GradeOptions) -> GradeResult:
-    """Grade an already loaded submission (the doors that validated it themselves use this)."""
+async def grade_submission(
+    submission: Submission, options: GradeOptions, *, pool: KernelSource | None = None
+) -> GradeResult:
+    """Grade an already loaded submission (the doors that validated it themselves use this).
+
+    `pool`: the warm kernel pool of the door that opened one (`grader.execution.pool`); None:
+    a fresh kernel for each run."""
     started = time.monotonic()
     rubric = options.rubric()
     if options.integrity:
         rubric = rubric.with_integrity()
-    execution = await execute_async(submission.notebook, options.limits)
+    execution = await execute_async(submission.notebook, options.limits, pool=pool)
     result = await asyncio.to_thread(evaluate, execution, rubric)  # off the event loop
     # What the learner is shown of the time: the first run's only. The re-run's duration is
     # the learner's code's to choose, knowing the secret seed.
@@ -189,7 +192,9 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
     if options.integrity:
         key = options.secret_key or new_key()
         secret_seed = derive_seed(key, submission.sha256, avoid={rubric.answer.seed})
-        values = await _secret_seed_rerun(submission, options, result.answer_name, secret_seed)
+        values = await _secret_seed_rerun(
+            submission, options, result.answer_name, secret_seed, pool
+        )
         check = _integrity_check(result, values, rubric, secret_seed)
         result.checks = [c for c in result.checks if c.id != check.id] + [check]
         result.integrity = "passed" if check.passed else "flagged"
@@ -206,7 +211,11 @@ async def grade_submission(submission: Submission, options: GradeOptions) -> Gra
 
 
 async def grade_async(
-    source: Source, name: str | None = None, options: GradeOptions | None = None
+    source: Source,
+    name: str | None = None,
+    options: GradeOptions | None = None,
+    *,
+    pool: KernelSource | None = None,
 ) -> GradeResult:
     """Load, run and score one notebook. Never raises for anything in the notebook."""
     options = options or GradeOptions()
@@ -216,11 +225,15 @@ async def grade_async(
         submission = load(source, name=display)
     except SubmissionError as error:
         return _rejected(display, str(error), options.rubric(), started)
-    return await grade_submission(submission, options)
+    return await grade_submission(submission, options, pool=pool)
 
 
 def grade(
-    source: Source, name: str | None = None, options: GradeOptions | None = None
+    source: Source,
+    name: str | None = None,
+    options: GradeOptions | None = None,
+    *,
+    pool: KernelSource | None = None,
 ) -> GradeResult:
     """Synchronous `grade_async`, for scripts and the pytest plugin."""
-    return asyncio.run(grade_async(source, name, options))
+    return asyncio.run(grade_async(source, name, options, pool=pool))

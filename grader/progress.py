@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from grader.models import GradeResult
+from grader.models import PROBLEM_STATUSES, GradeResult, Item
 
 if TYPE_CHECKING:
-    from grader.batch import Item
+    from rich.progress import Progress, TaskID
 
 
 class ConsoleProgress:
@@ -22,8 +22,8 @@ class ConsoleProgress:
         self.done = 0
         self.graded_now = 0
         self.started = time.monotonic()
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def start(self, total: int, skipped: int) -> None:
         from rich.progress import (
@@ -44,7 +44,7 @@ class ConsoleProgress:
             )
         if not self.console.is_terminal:
             return
-        self._progress = Progress(
+        progress = self._progress = Progress(
             TextColumn("[bold]grading"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -56,14 +56,14 @@ class ConsoleProgress:
             console=self.console,
             transient=False,
         )
-        self._progress.start()
-        self._task = self._progress.add_task(
+        progress.start()
+        self._task = progress.add_task(
             "grading", total=total, completed=skipped, rate="", failures=""
         )
 
     def advance(self, item: Item, result: GradeResult) -> None:
         self.done += 1
-        if result.status in ("timeout", "crashed", "rejected"):
+        if result.status in PROBLEM_STATUSES:
             self.failures += 1
         if self._progress is None or self._task is None:
             return

@@ -1,9 +1,13 @@
-"""The learners' door: `pytest --notebook my_lab.ipynb`, one test item per rubric check.
+"""The learners' door: `pytest --mbgd-notebook my_lab.ipynb`, one test item per rubric check.
 
-Inactive unless `--notebook` is given: then it collects the given notebooks (instead of the
+Inactive unless `--mbgd-notebook` is given: then it collects the given notebooks (instead of the
 default test paths when no other path was named), grades each notebook once per session with
 `grader.pipeline.grade`, fails an item with the check's learner-facing message (no grader
 traceback unless `-vv`), writes the feedback page, and ends with `mbgd-grader: 7/10 points`.
+
+Every option is `--mbgd-...`, since a plugin's options reach every pytest run in the
+environment; the first spellings (`--notebook`, `--rubric`, `--feedback-dir`,
+`--notebook-jobs`) still work as aliases.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ import contextlib
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import pytest
 
-if TYPE_CHECKING:  # the grader is imported only when --notebook is given
+from grader.errors import GraderError  # a small module: the grading core loads on demand
+
+if TYPE_CHECKING:  # the grader is imported only when --mbgd-notebook is given
+    from collections.abc import Iterator
+
+    from _pytest._code.code import TerminalRepr, TracebackStyle
+
+    from grader.execution.pool import KernelPool
     from grader.grading.rubric import CheckSpec, Rubric
     from grader.models import CheckResult, GradeResult
 
@@ -25,27 +36,36 @@ PLUGIN_NAME = "mbgd-grader-session"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mbgd-grader", "grade a Mini-Batch Gradient Descent lab notebook")
+    # The old unprefixed spellings stay as aliases: learners' notes and scripts use them.
     group.addoption(
+        "--mbgd-notebook",
         "--notebook",
+        dest="mbgd_notebook",
         action="append",
         default=[],
         metavar="PATH",
         help="grade this notebook, or every notebook in this folder (repeatable)",
     )
     group.addoption(
+        "--mbgd-rubric",
         "--rubric",
+        dest="mbgd_rubric",
         default=None,
         metavar="FILE",
         help="rubric TOML to grade with (default: the one shipped with mbgd-grader)",
     )
     group.addoption(
+        "--mbgd-feedback-dir",
         "--feedback-dir",
+        dest="mbgd_feedback_dir",
         default=None,
         metavar="DIR",
         help="write DIR/<notebook stem>/feedback.html (default: <stem>-feedback/ beside it)",
     )
     group.addoption(
+        "--mbgd-notebook-jobs",
         "--notebook-jobs",
+        dest="mbgd_notebook_jobs",
         type=int,
         default=1,
         metavar="N",
@@ -54,27 +74,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    paths = config.getoption("notebook")
+    paths = config.getoption("mbgd_notebook")
     if not paths:
         return  # not asked: the plugin does nothing at all
     from grader.grading.rubric import RubricError, load_rubric
 
     notebooks = expand_notebooks(paths)
-    rubric_path = config.getoption("rubric")
+    rubric_path = config.getoption("mbgd_rubric")
     rubric_path = str(Path(rubric_path).resolve()) if rubric_path else None
     try:
         rubric = load_rubric(rubric_path)
     except RubricError as error:
-        raise pytest.UsageError(f"--rubric: {error}") from error
+        raise pytest.UsageError(f"--mbgd-rubric: {error}") from error
     extra = [str(path) for path in notebooks]
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         config.args = [*config.args, *extra]
     else:  # no path on the command line: grade the notebooks, don't collect the test paths
         config.args = extra
-    feedback_dir = config.getoption("feedback_dir")
-    jobs = config.getoption("notebook_jobs")
+    feedback_dir = config.getoption("mbgd_feedback_dir")
+    jobs = config.getoption("mbgd_notebook_jobs")
     if jobs < 1:
-        raise pytest.UsageError("--notebook-jobs must be at least 1")
+        raise pytest.UsageError("--mbgd-notebook-jobs must be at least 1")
     grading = NotebookGrading(
         notebooks, rubric, rubric_path, Path(feedback_dir) if feedback_dir else None, jobs
     )
@@ -82,24 +102,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def expand_notebooks(paths: list[str]) -> list[Path]:
-    """Files as given, folders as the notebooks under them (hidden folders skipped)."""
+    """Files as given, folders as the notebooks under them (`grader.submission.notebooks_under`:
+    no hidden files or folders, no symbolic links)."""
+    from grader.submission import notebooks_under
+
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            inside = sorted(
-                p
-                for p in path.rglob("*.ipynb")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            inside = notebooks_under(path)
             if not inside:
-                raise pytest.UsageError(f"--notebook {raw}: no .ipynb notebook in this folder")
+                raise pytest.UsageError(f"--mbgd-notebook {raw}: no .ipynb notebook in this folder")
             found.extend(inside)
         elif path.is_file():
             found.append(path)
         else:
-            raise pytest.UsageError(f"--notebook {raw}: no such file or folder")
+            raise pytest.UsageError(f"--mbgd-notebook {raw}: no such file or folder")
     return list(dict.fromkeys(path.resolve() for path in found))
 
 
@@ -125,19 +143,22 @@ class NotebookGrading:
         self.jobs = jobs
         self.files: list[NotebookFile] = []
         self.pool: ThreadPoolExecutor | None = None
-        self.warm = contextlib.ExitStack()  # the warm kernel pool, where the sandbox allows
+        self.kernels: KernelPool | None = None  # the warm kernel pool, passed to every grade
+        self.warm = contextlib.ExitStack()  # closes it at the end of the session
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        """With --notebook-jobs > 1, start grading every notebook that has a selected item."""
+        """With --mbgd-notebook-jobs > 1, start grading every notebook with a selected item."""
         if self.jobs < 2 or session.config.option.collectonly:
             return  # graded lazily, one by one, when their first item runs
-        wanted = list(dict.fromkeys(i.parent for i in session.items if isinstance(i, CheckItem)))
+        items = session.items
+        wanted = list(dict.fromkeys(i.notebook for i in items if isinstance(i, CheckItem)))
         if len(wanted) < 2:
             return
         from grader.execution.pool import warm_pool
 
-        self.warm.enter_context(warm_pool())  # several notebooks: pay kernel start-up once
+        # several notebooks: pay kernel start-up once (None where the sandbox allows no pool)
+        self.kernels = self.warm.enter_context(warm_pool())
         self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mbgd-grade")
         for file in wanted:
             file.future = self.pool.submit(file.grade_once)
@@ -169,7 +190,9 @@ class NotebookGrading:
         )
 
     @pytest.hookimpl
-    def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
+    def pytest_terminal_summary(
+        self, terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+    ) -> None:
         graded = [f for f in self.files if f.outcome is not None]
         if not graded:
             return
@@ -192,7 +215,7 @@ class NotebookGrading:
             )
 
 
-def _graded(outcome: object) -> bool:
+def _graded(outcome: object) -> TypeGuard[GradeResult]:
     from grader.models import GradeResult
 
     return isinstance(outcome, GradeResult)
@@ -202,11 +225,11 @@ def _boxed(sandbox: str) -> bool:
     return sandbox.startswith("bubblewrap")
 
 
-class GraderError(Exception):
-    """The grader itself failed (not the learner's notebook)."""
+class GraderFailed(GraderError):
+    """The grader itself failed on a notebook (not the learner's doing): shown on its items."""
 
 
-class CheckFailed(Exception):
+class CheckFailed(GraderError):
     """A check did not pass; `str()` is the learner's message."""
 
 
@@ -220,9 +243,11 @@ class NotebookFile(pytest.File):
 
     @property
     def grading(self) -> NotebookGrading:
-        return self.config.pluginmanager.get_plugin(PLUGIN_NAME)
+        plugin = self.config.pluginmanager.get_plugin(PLUGIN_NAME)
+        assert isinstance(plugin, NotebookGrading)  # registered by pytest_configure
+        return plugin
 
-    def collect(self):
+    def collect(self) -> Iterator[CheckItem]:
         self.grading.files.append(self)
         for spec in self.grading.rubric.checks:
             yield CheckItem.from_parent(self, name=spec.id, spec=spec)
@@ -244,9 +269,12 @@ class NotebookFile(pytest.File):
             from grader.pipeline import GradeOptions, grade  # heavy: only when grading
 
             options = GradeOptions(rubric_path=self.grading.rubric_path)
-            result = grade(self.path, name=self.path.name, options=options)
-        except Exception as error:  # a grader bug: report it on the items, never as a crash
-            failure = GraderError(f"{type(error).__name__}: {error}")
+            pool = self.grading.kernels
+            result = grade(self.path, name=self.path.name, options=options, pool=pool)
+        # A GraderError (no sandbox, say), or a bug a learner's notebook led the grader into:
+        # either way it is reported on this notebook's items, never as a crash of the run.
+        except Exception as error:  # noqa: BLE001
+            failure = GraderFailed(f"{type(error).__name__}: {error}")
             failure.__cause__ = error
             return failure
         self._write_feedback(result)
@@ -262,7 +290,9 @@ class NotebookFile(pytest.File):
             except OSError as error:  # e.g. a read-only folder: try the next place
                 self.feedback_error = f"{target}: {error.strerror or error}"
                 continue
-            except Exception as error:  # a report bug must not cost the learner the grade
+            # It draws what the notebook produced: whatever goes wrong with that must not
+            # cost the learner the grade.
+            except Exception as error:  # noqa: BLE001
                 self.feedback_error = f"the report could not be drawn ({error})"
                 return
             self.feedback_page = target / "feedback.html"
@@ -280,7 +310,7 @@ class NotebookFile(pytest.File):
 class CheckItem(pytest.Item):
     """One rubric check of one notebook."""
 
-    def __init__(self, *, spec: CheckSpec, **kwargs) -> None:
+    def __init__(self, *, spec: CheckSpec, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
         self.check: CheckResult | None = None
@@ -346,11 +376,13 @@ class CheckItem(pytest.Item):
                     lines.append(cell.traceback.rstrip())
         return "\n".join(lines)
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         verbose = self.config.get_verbosity() >= 2
         if isinstance(excinfo.value, CheckFailed):
             return str(excinfo.value) + (self._details() if verbose else "")
-        if isinstance(excinfo.value, GraderError):
+        if isinstance(excinfo.value, GraderFailed):
             message = f"The grader itself failed on this notebook (not your fault): {excinfo.value}"
             if verbose and excinfo.value.__cause__ is not None:
                 cause = excinfo.value.__cause__

@@ -16,43 +16,61 @@ import hashlib
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.exceptions import TimeoutError as ResultsPending
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from grader import __version__
-from grader.models import GradeResult
+from grader.errors import Unavailable
+from grader.execution.sandbox import RunLimits
+from grader.models import GradeResult, Item, Sink, grader_failed, not_graded
+from grader.submission import read_capped
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from grader.execution.pool import KernelPool
+    from grader.pipeline import GradeOptions
 
 TASK_NAME = "mbgd_grader.grade"
-DEFAULT_TOTAL_TIMEOUT = 240.0  # RunLimits().total_timeout; the worker cannot see the batch's
+# Sizes a worker's time limits when it is not told the batches' --timeout.
+DEFAULT_TOTAL_TIMEOUT: float = RunLimits.model_fields["total_timeout"].default
 MARGIN_SECONDS = 20.0  # kernel start, checks and reports on top of the notebook's own budget
 WINDOW = 256  # tasks in flight at once: bounds Redis memory when grading 30,000 notebooks
 
 app = Celery("mbgd_grader", set_as_current=False)
 
 
-class InfrastructureError(Exception):
+class InfrastructureError(Unavailable):
     """The grader, not the learner, failed (no kernel, no sandbox): worth a retry elsewhere."""
+
+
+# The warm kernel pool of this worker pool child (None: fresh kernels). A Celery child is a
+# process whose life starts and ends with the two signals below, and a task can be handed
+# nothing but its JSON arguments: the child's pool lives here, and the task passes it down.
+_child_pool: KernelPool | None = None
 
 
 @worker_process_init.connect
 def _warm_up(**_: object) -> None:
     """Each pool child grades with its own warm kernel pool, started in the background:
     Celery kills a child that takes more than a few seconds to report alive."""
-    from grader.execution.pool import open_default_pool
+    from grader.execution.pool import open_pool
 
-    open_default_pool(wait=False)
+    global _child_pool
+    _child_pool = open_pool(wait=False)
 
 
 @worker_process_shutdown.connect
 def _cool_down(**_: object) -> None:
-    from grader.execution.pool import close_default_pool
-
-    close_default_pool()
+    global _child_pool
+    pool, _child_pool = _child_pool, None
+    if pool is not None:
+        pool.close()
 
 
 def task_budget(total_timeout: float, integrity: bool) -> tuple[int, int]:
@@ -109,7 +127,7 @@ def configure(
     max_retries=3,
 )
 def grade_task(
-    self,  # noqa: ANN001
+    self: Task,
     name: str,
     notebook_b64: str,
     options_json: str,
@@ -124,19 +142,13 @@ def grade_task(
         options = options.model_copy(update={"rubric_path": str(_local_rubric(rubric_toml))})
     data = base64.b64decode(notebook_b64, validate=True)
     try:
-        result = grade(data, name, options)
+        result = grade(data, name, options, pool=_child_pool)
     except SoftTimeLimitExceeded:
         # the limit in force: the sender's for this task (headers: [hard, soft]), else ours
         _, soft = self.request.timelimit or (None, None)
         soft = soft or app.conf.task_soft_time_limit
-        result = GradeResult(
-            submission=name,
-            status="timeout",
-            score=0.0,
-            max_score=0.0,
-            grader_version=__version__,
-            error=f"grading took longer than {float(soft):g} s and was stopped",
-        )
+        stopped = f"grading took longer than {float(soft):g} s and was stopped"
+        result = not_graded(name, "timeout", stopped)
     if result.execution is not None and result.execution.fate == "not_started":
         raise InfrastructureError(f"kernel did not start: {result.error or result.diagnosis}")
     # Python mode keeps NaN and Infinity as floats; the JSON serializer writes them as the
@@ -164,32 +176,23 @@ def task_id(submission: str, key: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mbgd-grader:{key}:{submission}"))
 
 
-def _decode(item, meta: dict) -> tuple[GradeResult, bool]:  # noqa: ANN001
+def _decode(item: Item, meta: dict) -> tuple[GradeResult, bool]:
     """(result, persist) from a finished task's meta; harness failures are not persisted."""
-    from grader.batch import harness_error
-
     error = meta.get("result")
     if meta["status"] == "SUCCESS":
         try:
             return GradeResult.model_validate(error), True
         except ValueError as invalid:  # a worker running another grader version
-            return harness_error(item, invalid), False
+            return grader_failed(item.submission, invalid), False
     if isinstance(error, TimeLimitExceeded):
-        result = GradeResult(
-            submission=item.submission,
-            status="timeout",
-            score=0.0,
-            max_score=0.0,
-            grader_version=__version__,
-            error="grading hit the worker's hard time limit and was killed",
-        )
-        return result, True
+        killed = "grading hit the worker's hard time limit and was killed"
+        return not_graded(item.submission, "timeout", killed), True
     if not isinstance(error, BaseException):
         error = RuntimeError(f"task ended {meta['status']}: {error!r}")
-    return harness_error(item, error), False
+    return grader_failed(item.submission, error), False
 
 
-def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:  # noqa: ANN001
+def grade_remote(items: list[Item], options: GradeOptions, broker_url: str, sink: Sink) -> None:
     """Send `items` to Celery workers, at most WINDOW at a time; `sink` each result."""
     configure(broker_url, total_timeout=options.limits.total_timeout)
     soft, hard = task_budget(options.limits.total_timeout, options.integrity)
@@ -199,6 +202,8 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
         rubric_toml = Path(options.rubric_path).read_text(encoding="utf-8")
     by_id = {task_id(i.submission, i.key): i for i in items}
     backend = app.backend
+    if not isinstance(backend, BaseKeyValueStoreBackend):  # configure() sets Redis
+        raise TypeError(f"results need a key-value backend, not {type(backend).__name__}")
     waiting = list(reversed(list(by_id)))
     inflight: set[str] = set()
 
@@ -214,7 +219,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
     # Results that workers finished while no batch was listening (a resumed run).
     inflight.update(by_id)
     with contextlib.suppress(ResultsPending):
-        for tid, meta in backend.get_many(set(by_id), timeout=0):
+        for tid, meta in backend.get_many(list(by_id), timeout=0):
             finish(tid, meta)
     waiting = [t for t in waiting if t in inflight]
     inflight.clear()
@@ -223,7 +228,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
         while waiting and len(inflight) < WINDOW:
             tid = waiting.pop()
             item = by_id[tid]
-            notebook = base64.b64encode(item.read()).decode("ascii")
+            notebook = base64.b64encode(read_capped(item.path)).decode("ascii")
             app.send_task(
                 TASK_NAME,
                 args=(item.submission, notebook, options_json, rubric_toml),
@@ -233,7 +238,7 @@ def grade_remote(items: list, options, broker_url: str, sink: Callable) -> None:
             )
             inflight.add(tid)
         with contextlib.suppress(ResultsPending):
-            for tid, meta in backend.get_many(set(inflight), timeout=1.0, interval=0.25):
+            for tid, meta in backend.get_many(list(inflight), timeout=1.0, interval=0.25):
                 finish(tid, meta)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import nbformat
 from nbformat.validator import ValidationError
 
+from grader.errors import Refused
+
 DEFAULT_MAX_BYTES = 10 * 2**20
 DEFAULT_MAX_CELLS = 2000
 MAX_DEPTH = 100  # real notebooks nest < 15 levels; deep nesting is a parser attack
@@ -43,7 +45,7 @@ _MAGIC = (  # leading bytes of common non-notebook uploads
 )
 
 
-class SubmissionError(Exception):
+class SubmissionError(Refused):
     """The upload is not a gradable notebook; `message` says why, for a learner."""
 
     def __init__(self, message: str) -> None:
@@ -73,7 +75,7 @@ def load(
         raise
     except RecursionError as exc:
         raise SubmissionError("the notebook's JSON is nested too deeply to be a notebook") from exc
-    except Exception as exc:  # noqa: BLE001 - any other failure is still the upload's fault
+    except Exception as exc:  # any other failure is still the upload's fault
         raise SubmissionError(
             f"the notebook could not be read ({type(exc).__name__}); open it in Jupyter, "
             "save it, and upload the saved .ipynb file"
@@ -83,6 +85,41 @@ def load(
         notebook=notebook,
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+# --- notebook files ------------------------------------------------------------------------
+
+SKIP_DIRS = frozenset({".ipynb_checkpoints", "__pycache__", "__MACOSX"})
+
+
+def notebooks_under(folder: Path) -> list[Path]:
+    """Every notebook in `folder` and its subfolders: the rule of every door that takes folders.
+
+    A notebook is a regular file named `*.ipynb`. Hidden files and folders (a leading "."),
+    `__pycache__` and `__MACOSX` are skipped, and symbolic links, to files or to folders, are
+    not followed: a link in a class folder may point anywhere. (A path given by name is the
+    caller's to take as it is.) Order: a folder's notebooks by name, then its subfolders by
+    name, so the same folder always gives the same list.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if name.endswith(".ipynb") and not name.startswith(".") and _regular(path):
+                found.append(path)
+    return found
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def read_capped(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A notebook file's bytes, at most one byte past the cap: `load` then rejects an
+    oversized file instead of parsing a truncated one."""
+    with Path(path).open("rb") as handle:
+        return handle.read(max_bytes + 1)
 
 
 # --- reading bytes -------------------------------------------------------------------------
@@ -296,13 +333,13 @@ def _cells(data: dict, major: int) -> list:
     worksheets = data.get("worksheets")
     if not isinstance(worksheets, list) or not all(isinstance(w, dict) for w in worksheets):
         raise SubmissionError("the nbformat 3 notebook has no valid 'worksheets' list")
-    cells: list = []
+    all_cells: list = []
     for worksheet in worksheets:
         sheet_cells = worksheet.get("cells", [])
         if not isinstance(sheet_cells, list):
             raise SubmissionError("an nbformat 3 worksheet's 'cells' is not a list")
-        cells.extend(sheet_cells)
-    return cells
+        all_cells.extend(sheet_cells)
+    return all_cells
 
 
 def _check_cells(cells: list, major: int) -> None:

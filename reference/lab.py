@@ -9,6 +9,7 @@ Quirks of the lab are kept on purpose, because learners' numbers carry them:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +79,7 @@ def start_weights(w0: float, b0: float) -> tuple[torch.Tensor, torch.Tensor]:
 def step(w: torch.Tensor, b: torch.Tensor, loss: torch.Tensor, lr: float) -> None:
     """One update exactly as the lab writes it (through `.data`, then zero the grads)."""
     loss.backward()
+    assert w.grad is not None and b.grad is not None, "both weights require grad"
     w.data = w.data - lr * w.grad.data
     b.data = b.data - lr * b.grad.data
     w.grad.data.zero_()
@@ -101,7 +103,9 @@ def train_bgd(data: LabData, settings: LabSettings = LabSettings()) -> TrainingR
     return run
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, order: torch.Tensor | None = None):
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, order: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """What a DataLoader over the lab's `Data` yields: consecutive rows, last batch short."""
     n = x.shape[0]
     for start in range(0, n, batch_size):

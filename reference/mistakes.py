@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from reference.lab import LabData, LabSettings, make_data, train_bgd, train_minibatch
 
@@ -112,7 +112,9 @@ def mistake_info(mistake_id: str) -> Mistake:
 _GLOBAL_RNG = threading.Lock()
 
 
-def shuffled_epoch_orders(settings: LabSettings, batch_size: int = RIGHT_BATCH_SIZE):
+def shuffled_epoch_orders(
+    settings: LabSettings, batch_size: int = RIGHT_BATCH_SIZE
+) -> list[torch.Tensor]:
     """The index order a shuffled batch-20 DataLoader would use in the lab notebook.
 
     Replays the lab's use of the global RNG (the data, then one draw per earlier loader
@@ -127,9 +129,11 @@ def _replay_shuffled(settings: LabSettings, batch_size: int) -> list[torch.Tenso
     try:
         torch.manual_seed(settings.seed)
         torch.randn(60, 1)
+        # A list is a map-style dataset (__getitem__, __len__); torch's stubs want a Dataset.
+        indices: Dataset[int] = list(range(60))  # type: ignore[assignment]
         for _ in range(LOADER_EPOCHS_BEFORE_BATCH20 * settings.epochs):
-            iter(DataLoader(list(range(60)), batch_size=batch_size))
-        loader = DataLoader(list(range(60)), batch_size=batch_size, shuffle=True)
+            iter(DataLoader(indices, batch_size=batch_size))
+        loader = DataLoader(indices, batch_size=batch_size, shuffle=True)
         return [torch.cat(list(loader)) for _ in range(settings.epochs)]
     finally:
         torch.set_rng_state(saved)

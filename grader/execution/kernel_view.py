@@ -98,9 +98,9 @@ def distribution_paths() -> list[str]:
         seen.add(key)
         if meta_dir is not None:
             found.add(_real(meta_dir))
-        base = _real(dist.locate_file(""))
+        base = _real(str(dist.locate_file("")))  # a SimplePath: str() is its path
         for item in dist.files or []:
-            path = _real(dist.locate_file(item))
+            path = _real(str(dist.locate_file(item)))
             parts = Path(item).parts
             top = parts[0] if parts else ""
             ours = top in PACKAGES or (

@@ -11,11 +11,15 @@ killed, so nothing a learner does (globals, monkeypatches, files, threads) reach
 
     pool = KernelPool()
     pool.start()                        # a few seconds, once; from a long-lived thread
-    ex = await execute_async(nb, limits, pool=pool)   # or: set_default_pool(pool)
+    ex = await execute_async(nb, limits, pool=pool)
     pool.close()
 
-The pool needs root and bwrap (`KernelPool.available()`); without them, or when the zygote
-cannot be (re)started, `execute_async` falls back to a fresh kernel.
+There is no pool by default: a door that grades many notebooks opens one (`open_pool`, or
+`warm_pool()` for the length of a command) and passes it down (`pipeline.grade(...,
+pool=pool)`). The pool needs root and bwrap (`KernelPool.available()`); without them
+`open_pool` gives None and every notebook gets a fresh kernel. When a pool that was opened
+cannot hand out a kernel (its zygote does not start, a spawn fails), `execute_async` starts a
+fresh kernel instead and says so in the Execution's notes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import psutil
 
+from grader.errors import Unavailable
 from grader.execution import seccomp
 from grader.execution.sandbox import (
     KERNEL_ARGS,
@@ -63,21 +68,10 @@ WARM_MODULES = [
 ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 START_TIMEOUT = 180.0
 _SOURCE = (Path(__file__).parent / "in_kernel" / "zygote.py").read_text(encoding="utf-8")
-_default: KernelPool | None = None
 
 
-class PoolUnavailable(RuntimeError):
+class PoolUnavailable(Unavailable, RuntimeError):
     """The warm pool cannot run here (no bwrap, not root) or its zygote failed."""
-
-
-def set_default_pool(pool: KernelPool | None) -> None:
-    """Make `execute_async` use this pool when it is not given one (None: fresh kernels)."""
-    global _default
-    _default = pool
-
-
-def default_pool() -> KernelPool | None:
-    return _default
 
 
 class ForkedKernel(SandboxedKernel):
@@ -167,6 +161,7 @@ class KernelPool:
         self._spare_lock = threading.Lock()
         self._refill: threading.Thread | None = None
         self._closed = False
+        self._closed_why = ""  # after close(): why acquire fails (until start() again)
 
     @staticmethod
     def available() -> bool:
@@ -180,6 +175,8 @@ class KernelPool:
             self._start_locked(timeout)
 
     def _start_locked(self, timeout: float) -> None:
+        if self._closed:  # closed by its door, or retired: no zygote comes back to life
+            raise PoolUnavailable(self._closed_why or "the warm pool was closed")
         if self.proc is not None and self.proc.poll() is None:
             return
         self._stop_locked()  # a dead zygote: clear it away before starting a new one
@@ -232,8 +229,9 @@ class KernelPool:
 
     def _readline(self, timeout: float) -> dict[str, object]:
         assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
         result: list[bytes] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))
+        reader = threading.Thread(target=lambda: result.append(stdout.readline()))
         reader.daemon = True
         reader.start()
         reader.join(timeout)
@@ -316,6 +314,7 @@ class KernelPool:
             self._refill.start()
 
     def _make_spare(self, limits: RunLimits) -> None:
+        kernel: ForkedKernel | None
         try:
             kernel = self._spawn(limits)
         except (PoolUnavailable, OSError, RuntimeError):
@@ -367,10 +366,12 @@ class KernelPool:
             shutil.rmtree(self.pool_dir, ignore_errors=True)
             self.pool_dir = None
 
-    def close(self) -> None:
-        """Stop the zygote (its kernels die with it) and delete the pool dir."""
+    def close(self, why: str = "") -> None:
+        """Stop the zygote (its kernels die with it) and delete the pool dir. Until `start()`
+        is called again, `acquire` raises PoolUnavailable(why) at once."""
         with self._spare_lock:
             self._closed = True
+            self._closed_why = why
         self._drop_spare()
         with self._lock:
             self._stop_locked()
@@ -383,19 +384,20 @@ class KernelPool:
         self.close()
 
 
-def open_default_pool(*, wait: bool = True) -> KernelPool | None:
-    """Start a warm pool and make it `execute_async`'s default, where the sandbox allows one.
+def open_pool(*, wait: bool = True) -> KernelPool | None:
+    """Start a warm pool for the caller to pass down, where the sandbox allows one.
 
     Returns None (every notebook then gets a fresh kernel, with identical results, only
     slower) without root and bwrap, with MBGD_WARM_POOL=0, or when the zygote does not start.
     `wait=False` starts it in the background, for hosts that must not block while torch
     imports (a Celery pool child must report alive within seconds); a notebook that arrives
-    meanwhile waits for the pool rather than starting a kernel of its own.
+    meanwhile waits for the pool rather than starting a kernel of its own. If that start
+    fails, the pool is closed and each later notebook runs in a fresh kernel, with a note.
+    The caller closes the pool.
     """
     if os.environ.get("MBGD_WARM_POOL", "1") == "0" or not KernelPool.available():
         return None
     pool = KernelPool()
-    set_default_pool(pool)
     if not wait:
         starter = threading.Thread(target=_start_or_retire, args=(pool,), daemon=True)
         starter.start()
@@ -407,31 +409,20 @@ def _start_or_retire(pool: KernelPool) -> bool:
     try:
         pool.start()
         return True
-    except PoolUnavailable:
-        if default_pool() is pool:
-            set_default_pool(None)
-        pool.close()
+    except PoolUnavailable as exc:
+        pool.close(why=f"the warm pool did not start ({exc})")
         return False
-
-
-def close_default_pool() -> None:
-    """Stop the default pool, if any (its kernels die with it)."""
-    pool = default_pool()
-    set_default_pool(None)
-    if pool is not None:
-        pool.close()
 
 
 @contextlib.contextmanager
 def warm_pool() -> Iterator[KernelPool | None]:
-    """A default pool for the lifetime of a command (`open_default_pool`, then closed).
-
-    Doors that grade many notebooks in one process (the batch CLI, the pytest plugin) wrap
-    their work in this.
+    """A pool for the lifetime of a command (`open_pool`, then closed); None where there is
+    none. Doors that grade many notebooks in one process (the batch CLI, the pytest plugin)
+    wrap their work in this and pass the pool down.
     """
-    pool = open_default_pool(wait=True)
+    pool = open_pool(wait=True)
     try:
         yield pool
     finally:
         if pool is not None:
-            close_default_pool()
+            pool.close()

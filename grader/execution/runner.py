@@ -27,15 +27,17 @@ import copy
 import re
 from queue import Empty
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import nbformat
 import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import KernelConnectionInfo
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from grader.execution.pool import PoolUnavailable
 from grader.execution.probe_reader import (
     FLUSH_CODE,
     INPUT_MESSAGE,
@@ -58,6 +60,7 @@ CANCEL_TIMEOUT = 5.0  # seconds we wait for a cancelled nbclient task to unwind
 TRACEBACK_LINES = 30
 TRACEBACK_CHARS = 4000
 TRACEBACK_SCAN = 64 << 10  # characters of a (possibly huge) traceback looked at
+POOL_REASON_CHARS = 160  # of why the warm pool failed, in a note the learner may read
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
@@ -78,7 +81,8 @@ class Kernel(Protocol):
 
 
 class KernelSource(Protocol):
-    """Something that hands out started kernels (the warm pool)."""
+    """Something that hands out started kernels (the warm pool); raises PoolUnavailable when
+    it cannot (the notebook then runs in a fresh kernel, and its Execution says so)."""
 
     async def acquire(self, limits: RunLimits) -> Kernel: ...
 
@@ -180,7 +184,8 @@ async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
     context.setsockopt(zmq.LINGER, 0)
     kc = _KernelClient(context=context)
     kc.bind(kernel, guard)
-    kc.load_connection_info(guard.connection if guard is not None else kernel.connection)
+    info = guard.connection if guard is not None else kernel.connection
+    kc.load_connection_info(cast(KernelConnectionInfo, info))  # sandbox.connection_info()'s keys
     try:
         kc.start_channels()
         await asyncio.wait_for(
@@ -194,7 +199,7 @@ async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
 
 
 async def _ready_kernel(
-    limits: RunLimits, pool: KernelSource | None
+    limits: RunLimits, pool: KernelSource | None, notes: list[str]
 ) -> tuple[Kernel, _KernelClient | None, zmq.asyncio.Context | None, str]:
     """A started kernel and a client that heard it answer, or the kernel and why not.
 
@@ -202,7 +207,7 @@ async def _ready_kernel(
     say): that is the pool's failure, not the learner's, so it is replaced once.
     """
     for attempt in range(2):
-        kernel = await _start_kernel(limits, pool)
+        kernel = await _start_kernel(limits, pool, notes)
         try:
             kc, context = await _connect(kernel)
             return kernel, kc, context, ""
@@ -330,7 +335,8 @@ async def _run_cell(
             error_value=f"{kc.broken}: the grader stopped listening to it",
         )
     if task in done and task.exception() is None and kernel.alive():
-        content = (client.last_reply or {}).get("content", {})
+        reply: dict[str, Any] = client.last_reply or {}
+        content = reply.get("content", {})
         if content.get("status", "ok") == "ok":
             return CellRun(index=index, status="ok", seconds=seconds)
         name = str(content.get("ename", "Error"))[:200]
@@ -398,17 +404,20 @@ async def _run_cells(
     return last
 
 
-async def _start_kernel(limits: RunLimits, pool: KernelSource | None) -> Kernel:
-    """A started kernel: forked from the (given or default) warm pool, else a fresh one."""
-    if pool is None:
-        from grader.execution.pool import default_pool
+def pool_note(problem: PoolUnavailable) -> str:
+    """The Execution's note when the pool it was given could not hand out a kernel."""
+    reason = (str(problem).strip().splitlines() or ["no reason given"])[0][:POOL_REASON_CHARS]
+    return f"the warm pool could not be used ({reason}); this run was started from scratch"
 
-        pool = default_pool()
+
+async def _start_kernel(limits: RunLimits, pool: KernelSource | None, notes: list[str]) -> Kernel:
+    """A started kernel: forked from `pool` when one is given, else a fresh one. A fresh one
+    too when the pool fails (the run is as sound, only slower): that goes into `notes`."""
     if pool is not None:
-        from grader.execution.pool import PoolUnavailable
-
-        with contextlib.suppress(PoolUnavailable):
+        try:
             return await pool.acquire(limits)
+        except PoolUnavailable as problem:
+            notes.append(pool_note(problem))
     kernel = SandboxedKernel(limits)
     try:
         kernel.start()
@@ -425,15 +434,18 @@ async def execute_async(
     seed_override: int | None = None,
     pool: KernelSource | None = None,
 ) -> Execution:
-    """Run the notebook's code cells in a fresh kernel; never raises for learner behaviour."""
+    """Run the notebook's code cells in a kernel of its own, forked from `pool` when one is
+    given, else fresh; never raises for learner behaviour."""
     limits = limits or RunLimits()
     nb = nbformat.from_dict(copy.deepcopy(dict(nb)))
     started = monotonic()
     phases: dict[str, float] = {}
     reader = ProbeReader(new_mime())
     mark = monotonic()
-    kernel, kc, context, error = await _ready_kernel(limits, pool)
-    ex = Execution(fate="not_started", sandbox=kernel.sandbox, kernel=kernel.origin)
+    pool_notes: list[str] = []  # last among the notes: readers look for the kernel's own first
+    kernel, kc, context, error = await _ready_kernel(limits, pool, pool_notes)
+    origin: Literal["fresh", "warm"] = "warm" if kernel.origin == "warm" else "fresh"
+    ex = Execution(fate="not_started", sandbox=kernel.sandbox, kernel=origin)
 
     def phase(name: str) -> None:
         nonlocal mark
@@ -473,7 +485,7 @@ async def execute_async(
         if ex.fate == "ok" and last is not None and kernel.alive():
             try:
                 await _silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
-            except Exception as exc:  # timeout, or a kernel the learner broke
+            except Exception as exc:  # noqa: BLE001 - timeout, or a kernel the learner broke
                 why = f": {kc.broken}" if kc.broken else ""
                 ex.notes.append(f"the final read of variables failed ({type(exc).__name__}){why}")
         ex.figures, ex.variables = reader.figures, reader.variables
@@ -486,6 +498,7 @@ async def execute_async(
         if context is not None:
             context.destroy(linger=0)
         phase("teardown")
+        ex.notes.extend(pool_notes)
         ex.phases = phases
         ex.seconds = round(monotonic() - started, 4)
     return ex

@@ -41,6 +41,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel
 
+from grader.errors import Unavailable
 from grader.execution import cgroups, kernel_view, seccomp
 from grader.execution.uids import UidLease, processes_of_uid, sweep_stale_workdirs
 
@@ -61,7 +62,7 @@ class RunLimits(BaseModel):
     require_sandbox: bool = False  # no bwrap -> SandboxUnavailable instead of running
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(Unavailable, RuntimeError):
     """bwrap is required (RunLimits.require_sandbox) but cannot be used on this machine."""
 
 

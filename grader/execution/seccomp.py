@@ -22,6 +22,8 @@ import functools
 import os
 import tempfile
 
+from grader.errors import Unavailable
+
 CLONE_NEWUSER = 0x10000000
 
 DENIED = (
@@ -61,7 +63,7 @@ DENIED = (
 )
 
 
-class SeccompUnavailable(RuntimeError):
+class SeccompUnavailable(Unavailable, RuntimeError):
     """libseccomp (or its Python binding) is missing: kernels run without the filter."""
 
 

@@ -24,7 +24,7 @@ from grader.grading.compare import (
 )
 from grader.grading.diagnosis import Finding, data_finding, divergence_finding, mistake_finding
 from grader.grading.rubric import CheckSpec, Rubric
-from grader.models import Axes, CheckResult, Curve, Execution, GradeResult, Variable
+from grader.models import Axes, CheckId, CheckResult, Curve, Execution, GradeResult, Variable
 from reference import LabSettings, expected
 
 ANSWER_METHOD = "LOSS20"
@@ -335,13 +335,14 @@ def check_legend(spec: CheckSpec, facts: Facts) -> CheckResult:
     return _result(spec, True, "The legend names every method.")
 
 
+# What each check id tests (CheckId.INTEGRITY_SEED is the pipeline's: it needs a re-run).
 CHECKS: dict[str, Callable[[CheckSpec, Facts], CheckResult]] = {
-    "notebook.runs": check_notebook_runs,
-    "loss20.present": check_present,
-    "loss20.values": check_values,
-    "plot.loss20": check_plot_loss20,
-    "plot.all_methods": check_all_methods,
-    "plot.legend": check_legend,
+    CheckId.NOTEBOOK_RUNS: check_notebook_runs,
+    CheckId.LOSS20_PRESENT: check_present,
+    CheckId.LOSS20_VALUES: check_values,
+    CheckId.PLOT_LOSS20: check_plot_loss20,
+    CheckId.PLOT_ALL_METHODS: check_all_methods,
+    CheckId.PLOT_LEGEND: check_legend,
 }
 
 
@@ -370,7 +371,7 @@ def gather_facts(execution: Execution, rubric: Rubric, seed: int | None = None) 
 def _headline(facts: Facts, checks: list[CheckResult]) -> str:
     if facts.data is not None:
         return facts.data.message
-    for check_id in ("loss20.values", "loss20.present", "notebook.runs"):
+    for check_id in (CheckId.LOSS20_VALUES, CheckId.LOSS20_PRESENT, CheckId.NOTEBOOK_RUNS):
         failed = next((c for c in checks if c.id == check_id and not c.passed), None)
         if failed is not None:
             return failed.message
@@ -396,7 +397,8 @@ def evaluate(execution: Execution, rubric: Rubric, seed: int | None = None) -> G
     facts = gather_facts(execution, rubric, seed)
     checks = [CHECKS[spec.id](spec, facts) for spec in rubric.checks if spec.id in CHECKS]
     learner, reference = curves_for(facts)
-    mistake = next((c.diagnosis for c in checks if c.id == "loss20.values" and c.diagnosis), "")
+    values = CheckId.LOSS20_VALUES
+    mistake = next((c.diagnosis for c in checks if c.id == values and c.diagnosis), "")
     return GradeResult(
         submission="",
         status="graded",

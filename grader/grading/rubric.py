@@ -6,25 +6,20 @@ checks themselves (what each id tests) live in `grader.grading.checks`.
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from importlib.resources import files
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-KNOWN_CHECKS = (
-    "notebook.runs",
-    "loss20.present",
-    "loss20.values",
-    "plot.loss20",
-    "plot.all_methods",
-    "plot.legend",
-    "integrity.seed",
-)
+from grader.errors import UsageError
+from grader.grading import identity
+from grader.models import CheckId
+
+KNOWN_CHECKS = tuple(CheckId)  # a rubric may name these (their values); see grader.models
 
 
-class RubricError(ValueError):
+class RubricError(UsageError, ValueError):
     """A rubric file that cannot be used; the message says which key is wrong."""
 
 
@@ -54,7 +49,7 @@ class Rubric(BaseModel):
     title: str = ""
     answer: AnswerSpec
     checks: list[CheckSpec] = Field(min_length=1)
-    fingerprint: str = ""  # sha256 of the TOML text: part of every cache and gradebook key
+    fingerprint: str = ""  # of the TOML text (grader.grading.identity): in every grade's key
 
     @property
     def max_score(self) -> float:
@@ -65,9 +60,9 @@ class Rubric(BaseModel):
 
     def with_integrity(self) -> Rubric:
         """The rubric plus the 0-point `integrity.seed` check, for integrity runs."""
-        if self.check("integrity.seed"):
+        if self.check(CheckId.INTEGRITY_SEED):
             return self
-        extra = CheckSpec(id="integrity.seed", title="Same code, secret seed", points=0)
+        extra = CheckSpec(id=CheckId.INTEGRITY_SEED, title="Same code, secret seed", points=0)
         return self.model_copy(update={"checks": [*self.checks, extra]})
 
 
@@ -86,8 +81,7 @@ def parse_rubric(text: str) -> Rubric:
     ids = [check.id for check in rubric.checks]
     if len(ids) != len(set(ids)):
         raise RubricError("rubric lists a check id twice")
-    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return rubric.model_copy(update={"fingerprint": fingerprint})
+    return rubric.model_copy(update={"fingerprint": identity.fingerprint(text)})
 
 
 def default_rubric_text() -> str:

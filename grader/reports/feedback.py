@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -20,6 +18,7 @@ import jinja2
 
 from grader.models import CellRun, GradeResult
 from grader.reports.plot import curves_data_uri
+from grader.reports.rendering import environment, write_atomic
 
 MAX_TRACEBACK_LINES = 30
 MAX_TRACEBACK_CHARS = 4000
@@ -117,16 +116,7 @@ def failing_cells(result: GradeResult) -> list[CellRun]:
 
 @cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("grader.reports", "templates"),
-        autoescape=True,  # the template is .html.j2, so select_autoescape would miss it
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["points"] = _points
-    env.filters["short_traceback"] = short_traceback
-    return env
+    return environment({"points": _points, "short_traceback": short_traceback})
 
 
 def _plot(result: GradeResult) -> str | None:
@@ -160,23 +150,10 @@ def feedback_html(result: GradeResult) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers (a browser, an LMS upload) never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a report is meant to be read
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(result: GradeResult, out_dir: Path) -> None:
     """out_dir/results.json and out_dir/feedback.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = json.dumps(gradescope_json(result), indent=2, allow_nan=False)
-    _write_atomic(out_dir / "results.json", data + "\n")
-    _write_atomic(out_dir / "feedback.html", feedback_html(result))
+    write_atomic(out_dir / "results.json", data + "\n")
+    write_atomic(out_dir / "feedback.html", feedback_html(result))

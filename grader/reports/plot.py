@@ -13,6 +13,7 @@ import io
 import math
 import re
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter, LogLocator
@@ -88,7 +89,7 @@ class _PlainLog(Formatter):
         self.minor = minor
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        if self.minor:
+        if self.minor and self.axis is not None:  # always set once the axis uses us
             low, high = self.axis.get_view_interval()
             if not (0 < low < high < 10 * low):
                 return ""
@@ -96,7 +97,7 @@ class _PlainLog(Formatter):
         return f"{x:g}"
 
 
-def _style_axes(ax, title: str) -> None:
+def _style_axes(ax: Axes, title: str) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_PlainLog(minor=False))
     ax.yaxis.set_minor_formatter(_PlainLog(minor=True))

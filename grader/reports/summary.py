@@ -18,35 +18,21 @@ import csv
 import hashlib
 import io
 import math
-import os
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from urllib.parse import quote
+from typing import TYPE_CHECKING
 
 import jinja2
 
-from grader.models import GradeResult
+from grader.models import PROBLEM_STATUSES, CheckId, Entry, GradeResult
+from grader.reports.rendering import environment, write_atomic
 
-PROBLEM_STATUSES = ("timeout", "crashed", "rejected")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One submission's row: who, where its feedback is, and its verdict."""
-
-    submission: str
-    learner: str
-    report_dir: str
-    result: GradeResult
-
-    @property
-    def feedback_href(self) -> str:
-        return quote(f"{self.report_dir}/feedback.html")
-
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # -- CSV -------------------------------------------------------------------------------------
 
@@ -196,7 +182,8 @@ def problem_text(result: GradeResult) -> str:
         died = next((n for n in notes if "kernel" in n), "")
         return died or result.error or "The kernel crashed."
     if result.integrity == "flagged":
-        check = next((c for c in result.checks if c.id == "integrity.seed" and not c.passed), None)
+        seed = CheckId.INTEGRITY_SEED
+        check = next((c for c in result.checks if c.id == seed and not c.passed), None)
         if check is not None:
             return "Secret-seed re-run: " + check.message
         return "LOSS20's numbers are written out as literals in the source (typed in?)."
@@ -257,18 +244,10 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
+@cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("grader.reports", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["num"] = lambda v: f"{round(v, 2):g}"
-    env.filters["mistake_title"] = _mistake_title
-    env.filters["problem"] = problem_text
-    return env
+    filters = {"num": lambda v: f"{round(v, 2):g}", "mistake_title": _mistake_title}
+    return environment({**filters, "problem": problem_text})
 
 
 def summary_html(entries: list[Entry], *, title: str = "Mini-Batch Gradient Descent") -> str:
@@ -291,27 +270,14 @@ def summary_html(entries: list[Entry], *, title: str = "Mini-Batch Gradient Desc
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """A browser or an LMS import never sees half a file, even if the batch is killed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(entries: list[Entry], out: Path) -> None:
     """out/gradebook.csv and out/summary.html."""
     title = next((e.result.rubric_name for e in entries if e.result.rubric_name), "")
-    _write_atomic(out / "gradebook.csv", gradebook_csv(entries))
-    _write_atomic(out / "summary.html", summary_html(entries, title=title or "Class summary"))
+    write_atomic(out / "gradebook.csv", gradebook_csv(entries))
+    write_atomic(out / "summary.html", summary_html(entries, title=title or "Class summary"))
 
 
-def print_class_table(entries: list[Entry], console) -> None:  # noqa: ANN001 - rich Console
+def print_class_table(entries: list[Entry], console: Console) -> None:
     """The class at a glance in the terminal: scores, checks, top diagnoses."""
     from rich.table import Table
 

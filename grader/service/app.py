@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from grader import __version__
+from grader.errors import Refused
 from grader.service.callback import iso8601
 from grader.service.db import Database, NewSubmission
 from grader.service.dispatcher import Dispatcher
@@ -54,7 +55,7 @@ score fields, and can also be polled at `status_url`.
 BEARER = HTTPBearer(auto_error=False, description="The service's MBGD_API_TOKEN.")
 
 
-class PayloadError(Exception):
+class PayloadError(Refused):
     """A malformed payload: answered 422 (or ``status``) naming the field at fault."""
 
     def __init__(self, field: str | None, msg: str, kind: str, status: int = 422) -> None:
@@ -163,7 +164,7 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.db_path)
         outbox = Outbox(db, settings)
-        dispatcher = Dispatcher(db, settings, grader or make_grader(settings.broker), outbox.wake)
+        dispatcher = Dispatcher(db, settings, grader or make_grader(settings), outbox.wake)
         app.state.db, app.state.dispatcher = db, dispatcher
         await outbox.start()
         await dispatcher.start()

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from grader.errors import GraderError
 from grader.models import GradeResult
 from grader.service import callback
 from grader.service.db import Database
@@ -87,7 +88,7 @@ class Dispatcher:
         while True:
             try:
                 row = await asyncio.to_thread(self.db.claim)
-            except Exception:  # noqa: BLE001 - a locked or full disk must not kill the slot
+            except Exception:  # logged: a locked or full disk must not kill the slot
                 log.exception("slot %d: could not claim work", number)
                 row = None
             if row is None:
@@ -99,7 +100,7 @@ class Dispatcher:
                 await self._process(row)
             except asyncio.CancelledError:
                 raise  # shutting down: the row stays "running" and is requeued at next start
-            except Exception:  # noqa: BLE001 - the slot must survive anything
+            except Exception:  # logged: the slot must survive anything
                 log.exception("slot %d: unexpected failure on %s", number, row["id"])
                 await asyncio.to_thread(
                     self.db.retry_later, row["id"], HARNESS_RETRY_DELAY, traceback.format_exc()
@@ -128,17 +129,28 @@ class Dispatcher:
             result = await self.grader.grade(bytes(row["notebook"]), row["name"], sub_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the harness failed, not the learner
+        except GraderError as exc:  # the grader's own failure (no kernel, no sandbox ...)
+            log.warning("grading %s failed (attempt %d): %s", sub_id, row["attempts"], exc)
+            await self._grader_failed(row, exc)
+            return
+        # Anything else is a bug in the harness or in a library under it (or an error a worker
+        # raised, re-raised here): logged with its traceback, and the row is retried, then
+        # failed, never lost or retried forever.
+        except Exception as exc:
             log.exception("grading %s failed (attempt %d)", sub_id, row["attempts"])
-            if row["attempts"] >= self.settings.max_grade_attempts:
-                await self._fail(row, f"the grader failed: {type(exc).__name__}: {exc}")
-            else:
-                await asyncio.to_thread(
-                    self.db.retry_later, sub_id, HARNESS_RETRY_DELAY, f"{type(exc).__name__}: {exc}"
-                )
+            await self._grader_failed(row, exc)
             return
         log.info("graded %s in %.1f s: %s", sub_id, time.monotonic() - started, result.status)
         await self._record(row, result)
+
+    async def _grader_failed(self, row: Any, exc: Exception) -> None:
+        """Not the learner's doing: try again later, or give up after the last attempt."""
+        if row["attempts"] >= self.settings.max_grade_attempts:
+            await self._fail(row, f"the grader failed: {type(exc).__name__}: {exc}")
+        else:
+            await asyncio.to_thread(
+                self.db.retry_later, row["id"], HARNESS_RETRY_DELAY, f"{type(exc).__name__}: {exc}"
+            )
 
     async def _record(self, row: Any, result: GradeResult, reused_from: str | None = None) -> None:
         finished = time.time()

@@ -14,9 +14,13 @@ import functools
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from grader.models import GradeResult
+
+if TYPE_CHECKING:
+    from grader.execution.pool import KernelPool
+    from grader.service.settings import Settings
 
 T = TypeVar("T")
 
@@ -57,16 +61,18 @@ class _OptionsGrader:
 
     @functools.cached_property
     def _fingerprint(self) -> str:
-        from grader.pipeline import rubric_fingerprint
+        """With a notebook's sha256, what names its grade in the cache (grading.identity)."""
+        from grader.grading.identity import grading_fingerprint
 
-        return rubric_fingerprint(self.options)
+        return grading_fingerprint(self.options.rubric().fingerprint, self.options.integrity)
 
     def fingerprint(self) -> str:
         return self._fingerprint
 
 
 class LocalGrader(_OptionsGrader):
-    """Grade in-process with `grader.pipeline.grade_async` (a kernel per slot)."""
+    """Grade in-process with `grader.pipeline.grade_async` (a kernel per slot, forked from
+    this process's warm pool where there is one)."""
 
     mode = "local"
 
@@ -74,23 +80,25 @@ class LocalGrader(_OptionsGrader):
         from grader.pipeline import GradeOptions
 
         self.options = options or GradeOptions()
+        self.pool: KernelPool | None = None
         self._thread = _LoopThread()
 
     async def open(self) -> None:
         """Warm kernels for this process's grading (started in the background)."""
-        from grader.execution.pool import open_default_pool
+        from grader.execution.pool import open_pool
 
-        open_default_pool(wait=False)
+        self.pool = open_pool(wait=False)
 
     async def close(self) -> None:
-        from grader.execution.pool import close_default_pool
-
-        await asyncio.to_thread(close_default_pool)
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.close)
 
     async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
         from grader.pipeline import grade_async
 
-        return await self._thread.run(grade_async(notebook, name, self.options))
+        job = grade_async(notebook, name, self.options, pool=self.pool)
+        return await self._thread.run(job)
 
 
 class CeleryGrader(_OptionsGrader):
@@ -148,6 +156,13 @@ class CeleryGrader(_OptionsGrader):
         return GradeResult.model_validate(value)
 
 
-def make_grader(broker: str | None) -> Grader:
-    """The local pool, or Celery workers behind ``broker``."""
-    return CeleryGrader(broker) if broker else LocalGrader()
+def make_grader(settings: Settings) -> Grader:
+    """The local pool, or Celery workers behind ``settings.broker``; either way a notebook may
+    run for ``settings.grade_timeout`` seconds in total."""
+    from grader.execution.sandbox import RunLimits
+    from grader.pipeline import GradeOptions
+
+    options = GradeOptions(limits=RunLimits(total_timeout=settings.grade_timeout))
+    if settings.broker:
+        return CeleryGrader(settings.broker, options)
+    return LocalGrader(options)

@@ -78,7 +78,7 @@ class Outbox:
                         if room > 0
                         else []
                     )
-                except Exception:  # noqa: BLE001 - keep delivering after a transient DB error
+                except Exception:  # logged: keep delivering after a transient DB error
                     log.exception("outbox: could not read due callbacks")
                     rows = []
                 for row in rows:
@@ -104,7 +104,7 @@ class Outbox:
         try:
             async with self._sem:
                 await self._attempt(row)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("outbox: delivery of %s failed unexpectedly", row["webhook_id"])
         finally:
             self._inflight.discard(seq)

@@ -7,19 +7,23 @@ a default that works on a laptop: SQLite next to the current directory, the loca
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from grader.service.signing import parse_secrets
+from grader.errors import UsageError
+from grader.execution.sandbox import RunLimits
+from grader.service.signing import DEFAULT_TOLERANCE, parse_secrets
 
 ENV_WEBHOOK_SECRET = "MBGD_WEBHOOK_SECRET"
 ENV_CALLBACK_SECRET = "MBGD_CALLBACK_SECRET"
 ENV_API_TOKEN = "MBGD_API_TOKEN"
 ENV_ALLOWED_HOSTS = "MBGD_CALLBACK_ALLOWED_HOSTS"
+DEFAULT_GRADE_TIMEOUT: float = RunLimits.model_fields["total_timeout"].default
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """The service cannot start as configured; the text says what to set."""
 
 
@@ -35,13 +39,15 @@ class Settings:
     broker: str | None = None
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_body_bytes: int = 16 * 1024 * 1024  # a 10 MiB notebook, base64-encoded, plus fields
-    tolerance: int = 300
+    tolerance: int = DEFAULT_TOLERANCE  # seconds a webhook's timestamp may be off
     max_grade_attempts: int = 3  # a notebook that kills the service this often is failed
     callback_timeout: float = 10.0
     callback_backoff: float = 2.0  # first retry after ~2 s, then doubling
     callback_backoff_cap: float = 3600.0
     callback_max_attempts: int = 15  # about a day and a half with the defaults
-    grade_timeout: float = 900.0  # broker mode: how long to wait for a worker's answer
+    # Seconds one notebook may run in total (its RunLimits.total_timeout), locally or on a
+    # worker; in broker mode it also sizes the task's time limits and the wait for its answer.
+    grade_timeout: float = DEFAULT_GRADE_TIMEOUT
 
     def callback_host_allowed(self, url: str) -> bool:
         """True when ``url`` is http(s) to a host (or host:port) on the allowlist."""
@@ -104,6 +110,7 @@ def from_environment(
     hosts = frozenset(
         h.strip().lower() for h in env.get(ENV_ALLOWED_HOSTS, "").split(",") if h.strip()
     )
+    default: dict[str, Any] = {f.name: f.default for f in fields(Settings)}  # the fields above
     default_slots = os.cpu_count() or 1
     if broker:
         default_slots = max(16, default_slots)  # the workers grade; slots only wait for them
@@ -112,12 +119,17 @@ def from_environment(
         callback_key=callback_keys[0] if callback_keys else None,
         api_token=env.get(ENV_API_TOKEN) or None,
         allowed_hosts=hosts,
-        db_path=db_path_from_url(db or env.get("MBGD_DB", "") or "mbgd-service.sqlite3"),
+        db_path=db_path_from_url(db or env.get("MBGD_DB", "") or str(default["db_path"])),
         broker=broker or None,
         slots=slots or int(_env_float(env, "MBGD_SLOTS", default_slots)),
-        max_body_bytes=int(_env_float(env, "MBGD_MAX_BODY_BYTES", 16 * 1024 * 1024)),
-        callback_backoff=_env_float(env, "MBGD_CALLBACK_BACKOFF", 2.0),
-        callback_backoff_cap=_env_float(env, "MBGD_CALLBACK_BACKOFF_CAP", 3600.0),
-        callback_max_attempts=int(_env_float(env, "MBGD_CALLBACK_MAX_ATTEMPTS", 15)),
-        callback_timeout=_env_float(env, "MBGD_CALLBACK_TIMEOUT", 10.0),
+        max_body_bytes=int(_env_float(env, "MBGD_MAX_BODY_BYTES", default["max_body_bytes"])),
+        callback_backoff=_env_float(env, "MBGD_CALLBACK_BACKOFF", default["callback_backoff"]),
+        callback_backoff_cap=_env_float(
+            env, "MBGD_CALLBACK_BACKOFF_CAP", default["callback_backoff_cap"]
+        ),
+        callback_max_attempts=int(
+            _env_float(env, "MBGD_CALLBACK_MAX_ATTEMPTS", default["callback_max_attempts"])
+        ),
+        callback_timeout=_env_float(env, "MBGD_CALLBACK_TIMEOUT", default["callback_timeout"]),
+        grade_timeout=_env_float(env, "MBGD_GRADE_TIMEOUT", default["grade_timeout"]),
     )

@@ -15,11 +15,13 @@ import hmac
 import time
 from collections.abc import Iterable, Mapping
 
+from grader.errors import Refused
+
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE = 300  # seconds either side of now, as the issue and the spec ask
 
 
-class SignatureError(Exception):
+class SignatureError(Refused):
     """The message must be refused; the text says why (safe to show to the sender)."""
 
 

@@ -34,7 +34,12 @@ import json
 import sys
 import types
 from hashlib import sha1
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # in the kernel, get_ipython comes from the namespace the probe runs in
+    from collections.abc import Iterable
+
+    from IPython import get_ipython
 
 MAX_VALUES = 10_000  # values kept per variable or plotted line
 MAX_SCAN = 100_000  # Python-level elements we are willing to visit per variable per cell
@@ -67,7 +72,7 @@ PLOT_METHODS = (
 
 def install(mime: str, seed_override: int | None) -> None:
     """Hook the running IPython shell. Called once, silently, before the first cell."""
-    ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821  (IPython builtin)
+    ip = get_ipython()
     publish = ip.display_pub.publish
     dumps = json.dumps
     state: dict[str, Any] = {"fingerprints": {}, "figures": 0, "noted": set()}
@@ -208,7 +213,9 @@ def install(mime: str, seed_override: int | None) -> None:
         lines = []
         for line in list(axes_lines(ax))[:MAX_LINES]:
             label = text(line_label(line))
-            xy = [floats(list(line_x(line)), 1), floats(list(line_y(line)), 1)]
+            # Line2D holds 1-D data (set_xdata refuses scalars); its stub says ArrayLike.
+            x, y = cast("Iterable[Any]", line_x(line)), cast("Iterable[Any]", line_y(line))
+            xy = [floats(list(x), 1), floats(list(y), 1)]
             lines.append(
                 {
                     "label": "" if label.startswith("_") else label,

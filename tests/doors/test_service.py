@@ -40,10 +40,10 @@ from schemathesis.specs.openapi.checks import (
 
 from grader.execution.pool import KernelPool
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 CORRECT = ROOT / "submissions" / "correct" / "loss20.ipynb"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"lms-to-grader-key-0123456789abcd").decode()
 CALLBACK_SECRET = "whsec_" + base64.b64encode(b"grader-to-lms-key-0123456789abcd").decode()
@@ -73,7 +73,7 @@ class FakeLMS:
         lms = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 try:

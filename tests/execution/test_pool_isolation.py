@@ -19,18 +19,17 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import grader.execution.sandbox
 import grader.execution.uids
-from grader.execution.pool import KernelPool, default_pool, set_default_pool
+from grader.execution.pool import KernelPool
 from grader.execution.runner import RunLimits, execute, execute_async
 from grader.models import Execution
 from reference import make_data
-from tests.test_run import children_left
-from tests.test_sandbox import Listener, probe_cells
+from tests.helpers import SUBMISSIONS, Listener, children_left, probe_cells
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not KernelPool.available(), reason="the warm pool needs bwrap and root"),
 ]
-LAB = Path(__file__).resolve().parents[1] / "submissions" / "correct" / "loss20.ipynb"
+LAB = SUBMISSIONS / "correct" / "loss20.ipynb"
 LIMITS = RunLimits(cell_timeout=60, total_timeout=180)
 
 
@@ -176,12 +175,7 @@ def test_results_are_identical_with_and_without_the_pool(pool: KernelPool) -> No
     nb = nbformat.read(LAB, as_version=4)
     nb.cells.append(new_code_cell("import torch\ntorch.ones(2) @ torch.ones(3)"))
     fresh = execute(nb, LIMITS)
-    set_default_pool(pool)  # the transparent way: execute_async picks it up
-    try:
-        pooled = __import__("asyncio").run(execute_async(nb, LIMITS))
-    finally:
-        set_default_pool(None)
-    assert default_pool() is None
+    pooled = __import__("asyncio").run(execute_async(nb, LIMITS, pool=pool))
     assert fresh.fate == "ok" and len(fresh.figures) > 40 and "LOSS20" in fresh.variables
     assert (fresh.kernel, pooled.kernel) == ("fresh", "warm")
     assert comparable(pooled) == comparable(fresh)

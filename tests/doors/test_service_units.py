@@ -49,7 +49,7 @@ def test_verify_accepts_fresh_signed_messages_and_names_the_id() -> None:
         (lambda h, b: ({**h, "webhook-timestamp": "soon"}, b), "not an integer"),
     ],
 )
-def test_verify_refuses_tampering_with_a_reason(mutate, reason: str) -> None:  # noqa: ANN001
+def test_verify_refuses_tampering_with_a_reason(mutate, reason: str) -> None:
     key = decode_secret(SECRET)
     headers, body = mutate(sign_headers(key, "msg_1", b'{"a":1}'), b'{"a":1}')
     with pytest.raises(SignatureError, match=reason):
@@ -88,7 +88,7 @@ def test_secrets_must_be_base64() -> None:
         decode_secret("whsec_" + base64.b64encode(b"short").decode())
 
 
-def test_settings_need_a_webhook_secret_and_parse_the_allowlist(tmp_path) -> None:  # noqa: ANN001
+def test_settings_need_a_webhook_secret_and_parse_the_allowlist(tmp_path) -> None:
     with pytest.raises(SettingsError, match="MBGD_WEBHOOK_SECRET"):
         from_environment(env={})
     settings = from_environment(
@@ -134,7 +134,7 @@ def _submission(n: int, webhook_id: str, sha: str = "s") -> NewSubmission:
     )
 
 
-def test_database_dedupes_webhook_ids_and_survives_reopen(tmp_path) -> None:  # noqa: ANN001
+def test_database_dedupes_webhook_ids_and_survives_reopen(tmp_path) -> None:
     db = Database(tmp_path / "q.db")
     assert db.insert(_submission(1, "msg_a")) == (True, '{"id": "sub_1"}')
     assert db.insert(_submission(2, "msg_a")) == (False, '{"id": "sub_1"}')
@@ -156,7 +156,7 @@ def test_database_dedupes_webhook_ids_and_survives_reopen(tmp_path) -> None:  # 
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_result_and_callback_are_written_together_and_once(tmp_path) -> None:  # noqa: ANN001
+def test_result_and_callback_are_written_together_and_once(tmp_path) -> None:
     db = Database(tmp_path / "o.db")
     db.insert(_submission(1, "msg_a"))
     db.claim()
@@ -215,7 +215,7 @@ def test_callback_body_carries_ags_fields_and_a_stable_id() -> None:
     assert failed["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in failed["score"]
 
 
-def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_path) -> None:  # noqa: ANN001
+def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_path) -> None:
     import asyncio
 
     from grader.service.dispatcher import Dispatcher
@@ -248,7 +248,7 @@ def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_
     assert body["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in body["score"]
 
 
-def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:  # noqa: ANN001
+def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:
     import asyncio
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -258,7 +258,7 @@ def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:  
     hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             hits.append(self.path)
             self.rfile.read(int(self.headers["content-length"]))
             if self.path == "/gone":
@@ -269,7 +269,7 @@ def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:  
             self.send_header("content-length", "0")
             self.end_headers()
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -320,3 +320,15 @@ def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:  
     off_list = db.get("sub_3")  # the allowlist changed since intake: never sent
     assert off_list is not None and off_list["cb_status"] == "dead"
     assert "ALLOWED_HOSTS" in off_list["cb_last_error"]
+
+
+def test_the_signatures_load_neither_fastapi_nor_the_grading_core() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, grader.service.signing\n"
+        "heavy = {'fastapi', 'grader.service.app', 'grader.pipeline', 'torch'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

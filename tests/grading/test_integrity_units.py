@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from grader import batch, pipeline
 from grader.gradebook import SECRET_SEED, Gradebook, grade_key
 from grader.grading.integrity import SEED_HIGH, SEED_LOW, derive_seed, key_digest, seed_in_range
-from grader.models import CellRun, Execution, Figure, Variable
+from grader.models import CellRun, Execution, Figure, Item, Variable
 from grader.reports.feedback import gradescope_json
 from grader.reports.summary import Entry, gradebook_csv
 from grader.submission import load
@@ -139,7 +140,7 @@ def test_nothing_of_the_rerun_reaches_the_learner(monkeypatch, caplog, follows):
     shown = [
         result.model_dump_json(),
         json.dumps(gradescope_json(result)),
-        gradebook_csv([Entry("learner", "learner", "learner", result)]),
+        gradebook_csv([Entry(Item("learner", "learner", Path("l"), "learner", ""), result)]),
         caplog.text,
     ]
     for text in shown:

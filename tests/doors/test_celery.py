@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from grader.execution.pool import KernelPool
-from tests.test_batch import ROOT, SAMPLES, cli, db_count, quick_notebook, read_csv
+from tests.helpers import ROOT, SUBMISSIONS, cli, db_count, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -137,10 +137,10 @@ def test_two_workers_one_killed_every_result_arrives(redis_url, tmp_path):
     for k, variant in enumerate(variants):
         (folder / f"{variant}_{k}.ipynb").write_bytes(quick_notebook(variant, f"celery-{k}"))
     # NaN must survive the trip through Celery's JSON and the gradebook.
-    shutil.copy(SAMPLES / "hostile" / "nan_loss20.ipynb", folder / "nan_loss20.ipynb")
+    shutil.copy(SUBMISSIONS / "hostile" / "nan_loss20.ipynb", folder / "nan_loss20.ipynb")
     # An instructor's rubric (values worth 6, not 5): it travels to the workers as text.
     rubric = tmp_path / "rubric.toml"
-    default = (ROOT / "grader" / "default_rubric.toml").read_text()
+    default = (ROOT / "grader" / "grading" / "default_rubric.toml").read_text()
     reweighted = re.sub(r'(id = "loss20.values"\n[^\n]*\npoints = )5', r"\g<1>6", default)
     assert reweighted != default
     rubric.write_text(reweighted)

@@ -7,7 +7,6 @@ result. Expected numbers come from `reference`, never typed in.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -22,6 +21,7 @@ import grader.execution.sandbox
 import grader.execution.uids
 from grader.execution.runner import RunLimits, execute
 from reference import expected, make_data
+from tests.helpers import children_left
 
 pytestmark = pytest.mark.slow
 BWRAP = grader.execution.sandbox.find_bwrap() is not None
@@ -255,17 +255,6 @@ HOSTILE = {
     ),
 }
 LIMITS = RunLimits(cell_timeout=2.0, total_timeout=20.0)
-
-
-def children_left() -> list[psutil.Process]:
-    """Our live child processes, but for multiprocessing's resource tracker: the batch's report
-    writer (tested elsewhere in this session) starts one that lives as long as we do."""
-    left = []
-    for proc in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if proc.status() != "zombie" and "resource_tracker" not in " ".join(proc.cmdline()):
-                left.append(proc)
-    return left
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

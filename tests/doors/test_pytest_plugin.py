@@ -1,10 +1,10 @@
-"""The learners' door: `pytest --notebook ...`, driven with pytester in a real pytest subprocess.
+"""The learners' door: `pytest --mbgd-notebook ...`, driven with pytester in a real subprocess.
 
 Grading is slow, so one pytester run grades the learner samples of submissions/MANIFEST.toml,
 and the session's one `mbgd-grader grade` run over the same files (conftest's
 `graded_samples`) is the instructor's verdict to compare with; the tests read the run's
 output, its JUnit XML and the CLI's results.json. A second, small run covers the options
-(-k, -vv, --feedback-dir) on a tiny notebook with bubblewrap hidden from PATH.
+(-k, -vv, --mbgd-feedback-dir) on a tiny notebook with bubblewrap hidden from PATH.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.conftest import GradedSamples, learner_samples
+from tests.helpers import SUBMISSIONS, GradedSamples, learner_samples
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
-SUBMISSIONS = ROOT / "submissions"
 GRADE_TIMEOUT = 1500  # seconds for grading every sample; the infinite-loop sample alone takes 60
 SUMMARY = re.compile(r"^mbgd-grader: ([\d.]+)/([\d.]+) points for (\S+)", re.M)
 GRADER_INTERNALS = (
@@ -88,9 +86,9 @@ def grade_every_sample(pytester: pytest.Pytester, graded_samples: GradedSamples)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SUBMISSIONS / sample["path"], target)
     result = pytester.runpytest_subprocess(
-        "--notebook",
+        "--mbgd-notebook",
         "labs",
-        "--notebook-jobs",
+        "--mbgd-notebook-jobs",
         "2",
         "-p",
         "no:cacheprovider",
@@ -265,12 +263,12 @@ def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # no bwrap, no setpriv
     out = pytester.path / "fb"
     result = pytester.runpytest_subprocess(
-        "--notebook",
+        "--mbgd-notebook",
         notebook.name,
         "-k",
         "present or values or runs",
         "-vv",
-        f"--feedback-dir={out}",
+        f"--mbgd-feedback-dir={out}",
         "-p",
         "no:cacheprovider",
         timeout=300,
@@ -295,7 +293,7 @@ def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
 
 
 def test_inactive_without_notebook(pytester):
-    """No --notebook: nothing collected, nothing printed, same outcome as with the plugin off."""
+    """No --mbgd-notebook: nothing collected, nothing printed, as if the plugin were off."""
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     _tiny_notebook(pytester.path / "lab.ipynb")
     on = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -305,21 +303,22 @@ def test_inactive_without_notebook(pytester):
     assert "mbgd-grader:" not in on.stdout.str()
     assert not list(pytester.path.glob("*-feedback"))
     help_text = pytester.runpytest_subprocess("--help").stdout.str()
-    assert "--notebook=PATH" in help_text and "--feedback-dir=DIR" in help_text
+    assert "--mbgd-notebook=PATH, --notebook=PATH" in help_text
+    assert "--mbgd-feedback-dir=DIR" in help_text and "--mbgd-rubric=FILE" in help_text
 
 
 def test_usage_errors_are_clear(pytester):
-    missing = pytester.runpytest_subprocess("--notebook", "nope.ipynb")
+    missing = pytester.runpytest_subprocess("--mbgd-notebook", "nope.ipynb")
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
-    missing.stderr.fnmatch_lines(["*--notebook nope.ipynb: no such file or folder*"])
+    missing.stderr.fnmatch_lines(["*--mbgd-notebook nope.ipynb: no such file or folder*"])
     (pytester.path / "empty").mkdir()
-    empty = pytester.runpytest_subprocess("--notebook", "empty")
+    empty = pytester.runpytest_subprocess("--mbgd-notebook", "empty")
     empty.stderr.fnmatch_lines(["*no .ipynb notebook in this folder*"])
     (pytester.path / "bad.toml").write_text("name = 1\n")
     _tiny_notebook(pytester.path / "lab.ipynb")
-    bad = pytester.runpytest_subprocess("--notebook", "lab.ipynb", "--rubric", "bad.toml")
+    bad = pytester.runpytest_subprocess("--mbgd-notebook", "lab.ipynb", "--mbgd-rubric", "bad.toml")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    bad.stderr.fnmatch_lines(["*--rubric: rubric is not usable*"])
+    bad.stderr.fnmatch_lines(["*--mbgd-rubric: rubric is not usable*"])
 
 
 def test_collect_only_lists_the_checks_without_grading(pytester):
@@ -331,7 +330,7 @@ def test_collect_only_lists_the_checks_without_grading(pytester):
     (pytester.path / "more" / ".ipynb_checkpoints").mkdir()
     _tiny_notebook(pytester.path / "more" / ".ipynb_checkpoints" / "other-checkpoint.ipynb")
     result = pytester.runpytest_subprocess(
-        "--notebook", "lab.ipynb", "--notebook", "more", "--notebook-jobs", "2",
+        "--mbgd-notebook", "lab.ipynb", "--mbgd-notebook", "more", "--mbgd-notebook-jobs", "2",
         "--collect-only", "-q", "-p", "no:cacheprovider",
     )  # fmt: skip
     ids = [check.id for check in load_rubric().checks]
@@ -341,3 +340,20 @@ def test_collect_only_lists_the_checks_without_grading(pytester):
     ]
     assert not list(pytester.path.rglob("*-feedback"))  # nothing was graded
     assert not SUMMARY.search(result.stdout.str())  # no points: no notebook ran
+
+
+def test_the_old_option_spellings_still_work(pytester):
+    """`--notebook`, `--notebook-jobs`, `--rubric` (before the `--mbgd-` prefix) are aliases."""
+    from grader.grading.rubric import default_rubric_text, load_rubric
+
+    _tiny_notebook(pytester.path / "lab.ipynb")
+    (pytester.path / "rubric.toml").write_text(default_rubric_text())
+    result = pytester.runpytest_subprocess(
+        "--notebook", "lab.ipynb", "--notebook-jobs", "2", "--rubric", "rubric.toml",
+        "--feedback-dir", "fb", "--collect-only", "-q", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.OK
+    ids = [check.id for check in load_rubric().checks]
+    assert [f"lab.ipynb::{i}" for i in ids] == [
+        line for line in result.stdout.lines if "::" in line
+    ]

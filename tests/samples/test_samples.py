@@ -8,8 +8,7 @@ import pytest
 from grader.execution.pool import KernelPool
 from grader.models import GradeResult
 from reference import mistake_info, mistake_variants
-from tests.conftest import lab_samples
-from tests.manifest import verdict_holds
+from tests.helpers import lab_samples, verdict_holds
 
 SAMPLES = lab_samples()
 

@@ -17,12 +17,12 @@ import pytest
 
 from grader.grading.integrity import derive_seed
 from grader.models import GradeResult
-from tests import manifest
+from tests.helpers import MANIFEST, SUBMISSIONS
 
 pytestmark = pytest.mark.slow
 
-CORRECT = [s for s in manifest.SAMPLES if s["path"].startswith("correct/")]
-FORGERIES = [s for s in manifest.SAMPLES if "integrity_rerun" in s and "generate" not in s]
+CORRECT = [s for s in MANIFEST if s["path"].startswith("correct/")]
+FORGERIES = [s for s in MANIFEST if "integrity_rerun" in s and "generate" not in s]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def integrity_run(tmp_path_factory) -> dict[str, GradeResult]:
     for sample in CORRECT + FORGERIES:
         target = folder / sample["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(manifest.SUBMISSIONS / sample["path"], target)
+        shutil.copyfile(SUBMISSIONS / sample["path"], target)
     command = [sys.executable, "-m", "grader.cli", "grade", str(folder), "--out", str(out)]
     command += ["--jobs", "2", "--integrity", "--cell-timeout", "30", "--timeout", "120"]
     env = {**os.environ, "MBGD_SECRET_SEED": "918273"}
@@ -67,7 +67,7 @@ def test_forgeries_are_flagged(integrity_run, sample):
 
 def test_the_secret_seed_never_reaches_a_learner(integrity_run):
     for path, result in integrity_run.items():
-        sha = hashlib.sha256((manifest.SUBMISSIONS / path).read_bytes()).hexdigest()
+        sha = hashlib.sha256((SUBMISSIONS / path).read_bytes()).hexdigest()
         seed = str(derive_seed("918273", sha, avoid={1}))  # this notebook's own seed
         text = result.model_dump_json()
         assert "918273" not in text and seed not in text

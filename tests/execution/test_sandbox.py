@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,90 +18,13 @@ import grader.execution.sandbox
 import grader.execution.uids
 from grader.execution import cgroups
 from grader.execution.runner import RunLimits, SandboxUnavailable, execute
+from tests.helpers import ROOT, Listener, probe_cells
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(
     grader.execution.sandbox.find_bwrap() is None, reason="bwrap (bubblewrap) is not installed"
 )
-PROJECT = Path(__file__).resolve().parents[1]
 LIMITS = RunLimits(cell_timeout=20, total_timeout=60, memory_mb=1536, max_file_mb=8, disk_mb=16)
-
-
-class Listener:
-    """A TCP listener on the host's loopback that records every connection it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[object] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, addr = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.accepted.append(addr)
-            conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-
-def probe_cells(port: int, secret_files: list[Path]) -> dict[str, str]:
-    """name -> source; every cell should fail (or assert) if a wall is missing."""
-    return {
-        "control": "import os\nassert os.environ['MPLBACKEND'] == 'Agg'\nOK = [1]",
-        "loopback": (
-            "import socket\n"
-            f"socket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n"
-            "REACHED = [1]"
-        ),
-        "interfaces": "import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo']",
-        **{
-            f"read_{i}": f"SECRET_{i} = list(open({str(path)!r}, 'rb').read())"
-            for i, path in enumerate(secret_files)
-        },
-        "env": (
-            "import os\n"
-            "leaks = [k for k in os.environ if k.startswith(('MBGD', 'JPY'))]\n"
-            "assert not leaks, leaks\n"
-            "assert os.environ['HOME'] == os.getcwd()"
-        ),
-        "uid": "import os\nassert os.getuid() != 0 and os.geteuid() != 0\nUID = [os.getuid()]",
-        "write_system": "open('/usr/mbgd-owned', 'w')",
-        "write_workdir": "open('mine.txt', 'w').write('x' * 100)\nWROTE = [1]",
-        "file_size": "open('big.bin', 'wb').write(b'0' * (9 << 20))",
-        "disk_full": ("for i in range(4):\n    open(f'part{i}.bin', 'wb').write(b'0' * (7 << 20))"),
-        "tmp_full": (
-            "for i in range(4):\n    open(f'/tmp/part{i}.bin', 'wb').write(b'0' * (7 << 20))"
-        ),
-        "host_dir": ("import os\nopen(os.path.join(os.path.dirname(os.getcwd()), 'x.bin'), 'wb')"),
-        "processes": (
-            "import os\nPIDS = [int(p) for p in os.listdir('/proc') if p.isdigit()]\n"
-            "assert len(PIDS) < 10, PIDS"
-        ),
-        "rlimits": (
-            "import resource\n"
-            "LIMITS = [resource.getrlimit(getattr(resource, n))[0] for n in "
-            "('RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_CPU', 'RLIMIT_NPROC', 'RLIMIT_NOFILE')]"
-        ),
-        "userns": (
-            "import ctypes, os\n"
-            "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "assert libc.unshare(0x10000000 | 0x00020000) == 0, os.strerror(ctypes.get_errno())\n"
-            "NEWUSER = [1]"
-        ),
-        "memory": "import numpy as np\nHOG = np.ones(2 * 1024**3 // 8)",
-    }
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +32,7 @@ def walls():
     """Run the probing notebook once: (Execution, {name: CellRun}, listener, secret files)."""
     listener = Listener()
     token = secrets.token_hex(8)
-    secret_files = [Path(f"/tmp/mbgd-secret-{token}"), PROJECT / f".secret-{token}"]
+    secret_files = [Path(f"/tmp/mbgd-secret-{token}"), ROOT / f".secret-{token}"]
     for path in secret_files:
         path.write_text("top secret")
     os.environ["MBGD_TEST_SECRET"] = token

@@ -5,7 +5,7 @@
 - nbclient keeps no comm, widget or output state in the grader's client;
 - the probe reader enforces the probe's caps again, plus caps on everything kept per run;
 - the answer search is linear, `evaluate` is fast at the caps and runs off the event loop.
-The same bounds against real kernels are in tests/test_run.py.
+The same bounds against real kernels are in tests/execution/test_runner.py.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def test_answers_are_found_by_alias_value_and_window_as_before() -> None:
 def test_the_pipeline_evaluates_off_the_event_loop(monkeypatch) -> None:
     threads: dict[str, int] = {}
 
-    async def fake_execute(nb, limits, seed_override=None):
+    async def fake_execute(nb, limits, seed_override=None, pool=None):
         threads["loop"] = threading.get_ident()
         return Execution(fate="ok", sandbox="x", cells=[CellRun(index=0, status="ok")])
 

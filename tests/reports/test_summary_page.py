@@ -20,7 +20,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from reference import expected
-from tests.test_batch import grade_cli, quick_notebook, read_csv
+from tests.helpers import grade_cli, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -18,8 +17,8 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -30,24 +29,20 @@ from nbformat.v4 import new_code_cell, new_notebook
 from grader.batch import BatchError, discover
 from grader.gradebook import Gradebook
 from grader.grading.integrity import derive_seed
-from grader.models import Curve, GradeResult
-from reference import expected, make_data
+from grader.models import Curve, GradeResult, Item
+from reference import expected
+from tests.helpers import (
+    PLOT,
+    SUBMISSIONS,
+    cli,
+    db_count,
+    grade_cli,
+    quick_notebook,
+    read_csv,
+)
 from tests.lab_replica import BGD, DATA_CLASS, SETUP, loader_run
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "submissions"
-
 # -- notebooks -------------------------------------------------------------------------------
-
-PLOT = """\
-plt.plot(LOSS_BGD, label = "Batch Gradient Descent")
-plt.plot(LOSS_SGD, label = "Stochastic Gradient Descent")
-plt.plot(LOSS_MINI5, label = "Mini-Batch Gradient Descent, Batch size: 5")
-plt.plot(LOSS_MINI10, label = "Mini-Batch Gradient Descent, Batch size: 10")
-plt.plot(LOSS20, label = "Mini-Batch Gradient Descent, Batch size: 20")
-plt.legend()
-plt.show()
-"""
 
 
 def lab_notebook(variant: str, tag: str) -> bytes:
@@ -82,64 +77,6 @@ def lab_notebook(variant: str, tag: str) -> bytes:
     return nbformat.writes(nb).encode()
 
 
-# The same lab in float64 numpy on the lab's data (embedded: torch is not imported), so a
-# notebook runs in about a second; the grader's tolerance accepts float64 against float32.
-QUICK_SETUP = """\
-import numpy as np
-import matplotlib.pyplot as plt
-X = np.array({x})
-Y = np.array({y})
-F = 1 * X - 1  # the lab's Data class trains on the line, not on the noisy Y
-lr = 0.1
-
-def mse(w, b, x, y):
-    return float(np.mean((w * x + b - y) ** 2))
-
-def step(w, b, x, y):
-    r = w * x + b - y
-    return w - lr * float(np.mean(2 * r * x)), b - lr * float(np.mean(2 * r))
-
-def minibatch(size, w=-15.0, b=-10.0):
-    losses = []
-    for epoch in range(10):
-        losses.append(mse(w, b, X, Y))
-        for i in range(0, 60, size):
-            w, b = step(w, b, X[i:i + size], F[i:i + size])
-    return losses, w, b
-
-w, b = -15.0, -10.0
-LOSS_BGD = []
-for epoch in range(10):
-    LOSS_BGD.append(mse(w, b, X, Y))
-    w, b = step(w, b, X, Y)
-LOSS_SGD = minibatch(1)[0]
-LOSS_MINI5 = minibatch(5)[0]
-LOSS_MINI10, w10, b10 = minibatch(10)
-"""
-
-QUICK_LOSS20 = {
-    "correct": "LOSS20 = minibatch(20)[0]",
-    "no_plot": "LOSS20 = minibatch(20)[0]",
-    "stale_loader": "LOSS20 = minibatch(10)[0]",
-    "weights_not_reset": "LOSS20 = minibatch(20, w10, b10)[0]",
-    "crash": "LOSS20 = []\nraise RuntimeError('learner code crashed here')",
-}
-
-
-def quick_notebook(variant: str, tag: str) -> bytes:
-    """A short learner notebook of one variant; `tag` varies a comment (and the hash)."""
-    if variant == "not_json":
-        return f"this is not a notebook ({tag})\n".encode()
-    data = make_data(1)
-    setup = QUICK_SETUP.format(x=data.X.flatten().tolist(), y=data.Y.flatten().tolist())
-    cells = [f"# submission {tag}\n" + setup, QUICK_LOSS20[variant]]
-    if variant != "no_plot":
-        cells.append(PLOT)
-    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    return nbformat.writes(nb).encode()
-
-
 MIX = {  # variant -> copies in the 40-notebook folder
     "correct": 12,
     "no_plot": 6,
@@ -163,7 +100,7 @@ def make_folder(root: Path) -> Path:
             (sub / f"{variant}_{k:02d}.ipynb").write_bytes(notebook)
             n += 1
     for sample in REAL_SAMPLES:
-        source = SAMPLES / sample
+        source = SUBMISSIONS / sample
         if source.exists():
             (root / "real").mkdir(exist_ok=True)
             shutil.copy(source, root / "real" / source.name)
@@ -175,39 +112,6 @@ def make_folder(root: Path) -> Path:
         (root / f"extra_{n}.ipynb").write_bytes(quick_notebook("correct", f"extra-{n}"))
         n += 1
     return root
-
-
-# -- running the CLI -------------------------------------------------------------------------
-
-
-def cli() -> list[str]:
-    script = Path(sys.executable).with_name("mbgd-grader")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "grader.cli"]
-
-
-def grade_cli(*args: str, timeout: float = 600, env: dict | None = None):
-    return subprocess.run(
-        [*cli(), "grade", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def db_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
-    except sqlite3.OperationalError:  # created but the table is not there yet
-        return 0
 
 
 def verdicts(rows: list[dict[str, str]]) -> dict[str, tuple]:
@@ -385,15 +289,15 @@ def test_gradebook_round_trips_nan_and_replaces_a_regraded_row(tmp_path):
     first = GradeResult(
         submission="a", status="graded", score=1, max_score=10, learner_curves=[curve]
     )
-    row = dict(submission="a", learner="a", source="a.ipynb", report_dir="a", sha256="0" * 64)
+    item = Item("a", "a", Path("a.ipynb"), "a", "0" * 64, key="k1")
     with Gradebook(tmp_path / "gradebook.sqlite") as book:
-        book.put(**row, key="k1", result=first)
+        book.put(item, first)
         (stored,) = book.rows()
-        assert stored.key == "k1" and math.isnan(stored.result.learner_curves[0].y[0])
+        assert stored.item == item and math.isnan(stored.result.learner_curves[0].y[0])
         assert stored.result.learner_curves[0].y[1] == math.inf
-        book.put(**row, key="k2", result=first.model_copy(update={"score": 7.0}))
+        book.put(replace(item, key="k2"), first.model_copy(update={"score": 7.0}))
         (stored,) = book.rows()
-        assert (stored.key, stored.result.score, book.count()) == ("k2", 7.0, 1)
+        assert (stored.item.key, stored.result.score, book.count()) == ("k2", 7.0, 1)
 
 
 def test_discover_names_learners_and_report_folders(tmp_path):

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from grader.execution.pool import KernelPool
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "submissions" / "hostile" / "answer_key.ipynb"
 
 pytestmark = [

@@ -17,8 +17,8 @@ import pytest
 from grader.grading.rubric import load_rubric
 from grader.submission import SubmissionError, load
 from reference import mistake_variants
+from tests.helpers import SUBMISSIONS
 
-SUBMISSIONS = Path(__file__).resolve().parent.parent / "submissions"
 STATUSES = {"graded", "rejected", "timeout", "crashed"}
 VERDICTS = {"pass", "fail", "partial", "any"}  # any: only for 0-point checks
 GRADER_DIAGNOSES = {

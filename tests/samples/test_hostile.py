@@ -26,12 +26,9 @@ import pytest
 
 from grader.execution import cgroups
 from grader.execution.uids import UID_BASE, UID_SLOTS
-from tests import manifest
-from tests.manifest import verdict_holds
+from tests.helpers import MANIFEST, ROOT, SUBMISSIONS, verdict_holds
 
-ROOT = Path(__file__).resolve().parent.parent
-SUBMISSIONS = manifest.SUBMISSIONS
-HOSTILE = [s for s in manifest.SAMPLES if s["path"].startswith("hostile/")]
+HOSTILE = [s for s in MANIFEST if s["path"].startswith("hostile/")]
 LISTEN_PORTS = range(18080, 18091)
 MARKER = "mbgd-hostile"
 HARNESS_RSS_LIMIT = 2**30  # measured 385 MB with the comm, multipart and iopub floods (issue 12)

@@ -1,0 +1,148 @@
+"""Reading the instructor's rubric (`grader.grading.rubric`): the default one, and every file
+it refuses, each with a message that names the key at fault."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from grader.grading.rubric import (
+    KNOWN_CHECKS,
+    RubricError,
+    default_rubric_text,
+    load_rubric,
+    parse_rubric,
+)
+from tests.helpers import ROOT
+
+ANSWER = '[answer]\naliases = ["LOSS20"]\n'
+CHECK = '[[checks]]\nid = "loss20.values"\ntitle = "Values"\npoints = 5\n'
+MINIMAL = 'name = "r"\n' + ANSWER + CHECK
+
+
+def test_the_default_rubric():
+    rubric = load_rubric()
+    assert rubric.name == "mini-batch-gd"
+    assert rubric.max_score == sum(c.points for c in rubric.checks) > 0
+    assert re.fullmatch(r"[0-9a-f]{16}", rubric.fingerprint)
+    assert rubric == parse_rubric(default_rubric_text())
+    on_disk = ROOT / "grader" / "grading" / "default_rubric.toml"
+    assert load_rubric(on_disk) == rubric  # the file shipped is the file in the checkout
+
+
+def test_a_minimal_rubric_takes_the_defaults():
+    rubric = parse_rubric(MINIMAL)
+    default = load_rubric().answer
+    assert (rubric.answer.epochs, rubric.answer.seed) == (default.epochs, default.seed)
+    assert (rubric.answer.rtol, rubric.answer.atol) == (default.rtol, default.atol)
+    assert rubric.max_score == 5 and rubric.check("loss20.values").title == "Values"
+    assert rubric.check("plot.legend") is None
+
+
+def test_the_fingerprint_follows_the_text():
+    assert parse_rubric(MINIMAL).fingerprint == parse_rubric(MINIMAL).fingerprint
+    assert parse_rubric(MINIMAL).fingerprint != parse_rubric(MINIMAL + "\n").fingerprint
+
+
+def test_integrity_adds_one_zero_point_check_once():
+    rubric = parse_rubric(MINIMAL)
+    once = rubric.with_integrity()
+    assert [c.id for c in once.checks] == ["loss20.values", "integrity.seed"]
+    assert once.max_score == rubric.max_score
+    assert once.with_integrity() is once
+    assert [c.id for c in rubric.checks] == ["loss20.values"]  # the original is unchanged
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("this is = = not toml", "rubric is not valid TOML: "),
+        (
+            MINIMAL.replace("loss20.values", "plot.colour"),
+            "checks.0.id: Value error, unknown check id 'plot.colour'; known: "
+            + ", ".join(KNOWN_CHECKS),
+        ),
+        (
+            MINIMAL.replace("points = 5", "points = -1"),
+            "checks.0.points: Input should be greater than or equal to 0",
+        ),
+        (
+            MINIMAL.replace("points = 5", 'points = "five"'),
+            "checks.0.points: Input should be a valid number",
+        ),
+        (
+            MINIMAL.replace(ANSWER, ANSWER + "rtol = 0\n"),
+            "answer.rtol: Input should be greater than 0",
+        ),
+        (
+            MINIMAL.replace(ANSWER, ANSWER + "rtol = 1.5\n"),
+            "answer.rtol: Input should be less than 1",
+        ),
+        (
+            MINIMAL.replace(ANSWER, ANSWER + "atol = -1e-9\n"),
+            "answer.atol: Input should be greater than or equal to 0",
+        ),
+        (
+            MINIMAL.replace(ANSWER, ANSWER + "epochs = 0\n"),
+            "answer.epochs: Input should be greater than or equal to 1",
+        ),
+        (
+            MINIMAL.replace(ANSWER, ANSWER + "epochs = 1001\n"),
+            "answer.epochs: Input should be less than or equal to 1000",
+        ),
+        (MINIMAL.replace('["LOSS20"]', "[]"), "answer.aliases: List should have at least 1 item"),
+        (MINIMAL.replace(ANSWER, ""), "answer: Field required"),
+        (MINIMAL.replace('name = "r"\n', ""), "name: Field required"),
+        (MINIMAL.replace(CHECK, ""), "checks: Field required"),
+        ('name = "r"\nchecks = []\n' + ANSWER, "checks: List should have at least 1 item"),
+        (MINIMAL.replace('title = "Values"\n', ""), "checks.0.title: Field required"),
+        (MINIMAL + CHECK, "rubric lists a check id twice"),
+    ],
+    ids=[
+        "bad_toml",
+        "unknown_check",
+        "negative_points",
+        "points_not_a_number",
+        "zero_rtol",
+        "rtol_not_relative",
+        "negative_atol",
+        "zero_epochs",
+        "too_many_epochs",
+        "no_aliases",
+        "no_answer_table",
+        "no_name",
+        "no_checks",
+        "empty_checks",
+        "check_without_title",
+        "duplicate_check",
+    ],
+)
+def test_an_unusable_rubric_is_refused_saying_why(text, message):
+    with pytest.raises(RubricError) as refused:
+        parse_rubric(text)
+    assert message in str(refused.value)
+
+
+def test_the_usable_prefix_says_what_kind_of_problem_it_is():
+    with pytest.raises(RubricError, match=r"^rubric is not usable: checks\.0\.points: "):
+        parse_rubric(MINIMAL.replace("points = 5", "points = -1"))
+
+
+def test_every_problem_of_a_file_is_listed_at_once():
+    broken = MINIMAL.replace("points = 5", "points = -1").replace('["LOSS20"]', "[]")
+    with pytest.raises(RubricError) as refused:
+        parse_rubric(broken)
+    assert "answer.aliases:" in str(refused.value) and "checks.0.points:" in str(refused.value)
+
+
+def test_a_missing_file_is_refused_with_its_path(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(RubricError, match=r"cannot read rubric .*nope\.toml: No such file"):
+        load_rubric(missing)
+
+
+def test_a_rubric_file_is_read_as_utf8(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(MINIMAL.replace('"Values"', '"Valeurs – étape 2"'), encoding="utf-8")
+    assert load_rubric(path).check("loss20.values").title == "Valeurs – étape 2"
