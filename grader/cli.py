@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from grader import __version__
-from grader.execution.sandbox import RunLimits
+from grader.execution.limits import RunLimits
 
 # The budgets' defaults live in RunLimits; the help texts show them from there.
 TOTAL_TIMEOUT = f"{RunLimits.model_fields['total_timeout'].default:g}"

@@ -26,7 +26,7 @@ from celery.exceptions import TimeoutError as ResultsPending
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from grader.errors import Unavailable
-from grader.execution.sandbox import RunLimits
+from grader.execution.limits import RunLimits
 from grader.models import GradeResult, Item, Sink, grader_failed, not_graded
 from grader.submission import read_capped
 

@@ -180,7 +180,7 @@ def run_plain(path: Path, timeout: int) -> tuple[GradeResult, dict[str, Variable
 
 def run_pipeline(path: Path, hostile: bool) -> GradeResult:
     from grader.pipeline import GradeOptions, grade
-    from grader.execution.sandbox import RunLimits
+    from grader.execution.limits import RunLimits
 
     # Hostile samples include fork and memory bombs: never without bubblewrap.
     options = GradeOptions(limits=RunLimits(require_sandbox=hostile))

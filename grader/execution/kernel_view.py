@@ -1,7 +1,7 @@
 """What of the grader a learner's kernel could see, and the bubblewrap options that hide it.
 
 The kernel's sandbox binds the Python it runs on read-only
-(`grader.execution.sandbox.ro_binds`): the interpreter's prefix, the venv and the site dirs
+(`grader.execution.launch.ro_binds`): the interpreter's prefix, the venv and the site dirs
 added by `.pth` files. With a regular install (`pip install .`, a wheel, `--target`), the grader
 itself lives in one of those site-packages, so without more a notebook could `from reference
 import expected` and compute the right LOSS20 for whatever seed its run uses, or read the rubric
@@ -22,7 +22,7 @@ namespace package either), `/dev/null` for a file (bound `nodev`: it cannot even
 Where a path to hide holds a bound path itself (a venv inside a checkout under a bound
 directory), its other entries are hidden one by one instead.
 
-The warm pool's zygote is started with the same options (`grader.execution.sandbox.bwrap_argv`),
+The warm pool's zygote is started with the same options (`grader.execution.launch.bwrap_argv`),
 and the kernels it forks copy its mount namespace (their fresh /tmp binds back what of Python
 lives under /tmp recursively), so both launch paths hide the same things.
 """

@@ -40,17 +40,16 @@ import psutil
 
 from grader.errors import Unavailable
 from grader.execution import seccomp
-from grader.execution.sandbox import (
+from grader.execution.launch import (
     KERNEL_ARGS,
-    RunLimits,
-    SandboxedKernel,
     bwrap_argv,
-    find_bwrap,
     kernel_env,
     mpl_cache,
     rlimits,
     ro_binds,
 )
+from grader.execution.limits import RunLimits
+from grader.execution.sandbox import SandboxedKernel, find_bwrap
 from grader.execution.uids import processes_of_uid
 
 WARM_MODULES = [

@@ -8,12 +8,12 @@ exit, so a hung cell becomes "timeout" and a dead kernel "died" (or "oom"), alwa
 cell that caused it; later cells are then "not_run". Errors do not stop the run. Teardown is a
 SIGKILL of the kernel's process tree and uid, never a graceful shutdown.
 
-Everything the kernel sends costs bounded memory and time (issue 12): only shell and iopub are
-opened, with small receive queues, through a `grader.execution.zmtp_guard.KernelGuard` that cuts
-a kernel whose message passes 17 MB (a cut is a "died" cell, a ProtocolError saying why); the
-client keeps no outputs, comm or widget state; stdin is never offered, so `input()` fails at
-once; and every wait on the kernel has a deadline that is checked for every message read, so a
-flood cannot hold a loop open past it.
+Everything the kernel sends costs bounded memory and time (issue 12; the client is in
+`kernel_client`): only shell and iopub are opened, with small receive queues, through a
+`grader.execution.zmtp_guard.KernelGuard` that cuts a kernel whose message passes 17 MB (a cut
+is a "died" cell, a ProtocolError saying why); the client keeps no outputs, comm or widget
+state; stdin is never offered, so `input()` fails at once; and every wait on the kernel has a
+deadline that is checked for every message read, so a flood cannot hold a loop open past it.
 
 `execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
 `require_sandbox` is set and bwrap is missing) and genuine harness bugs escape.
@@ -22,21 +22,24 @@ flood cannot hold a loop open past it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import re
-from queue import Empty
 from time import monotonic
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 import nbformat
 import zmq
 import zmq.asyncio
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import KernelConnectionInfo
-from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from grader.execution.kernel_client import (
+    CellClient,
+    GuardedKernelClient,
+    Kernel,
+    connect,
+    run_silent,
+)
+from grader.execution.limits import RunLimits
 from grader.execution.pool import PoolUnavailable
 from grader.execution.probe_reader import (
     FLUSH_CODE,
@@ -45,17 +48,13 @@ from grader.execution.probe_reader import (
     install_code,
     new_mime,
 )
-from grader.execution.sandbox import RunLimits, SandboxedKernel, SandboxUnavailable
-from grader.execution.zmtp_guard import MAX_MESSAGE_BYTES, KernelGuard
+from grader.execution.sandbox import SandboxedKernel, SandboxUnavailable
 from grader.models import CellRun, Execution
 
 __all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
 
-KERNEL_START_TIMEOUT = 60.0
 PROBE_TIMEOUT = 60.0
-READY_RETRY = 1.0  # seconds before asking a silent kernel for its info again
 FLUSH_TIMEOUT = 15.0
-RECEIVE_QUEUE = 4  # whole messages zmq may hold for us per channel (each <= MAX_MESSAGE_BYTES)
 CANCEL_TIMEOUT = 5.0  # seconds we wait for a cancelled nbclient task to unwind
 TRACEBACK_LINES = 30
 TRACEBACK_CHARS = 4000
@@ -64,100 +63,11 @@ POOL_REASON_CHARS = 160  # of why the warm pool failed, in a note the learner ma
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
-class Kernel(Protocol):
-    """What run needs from a kernel: `SandboxedKernel` or a pool's forked kernel."""
-
-    sandbox: str
-    origin: str  # "fresh" or "warm"
-    connection: dict[str, object]
-    killed_by_us: bool
-
-    def alive(self) -> bool: ...
-    def seal(self) -> None: ...
-    async def wait_exit(self) -> None: ...
-    def looks_out_of_memory(self) -> bool: ...
-    def log_tail(self, limit: int = 4000) -> str: ...
-    def cleanup(self) -> None: ...
-
-
 class KernelSource(Protocol):
     """Something that hands out started kernels (the warm pool); raises PoolUnavailable when
     it cannot (the notebook then runs in a fresh kernel, and its Execution says so)."""
 
     async def acquire(self, limits: RunLimits) -> Kernel: ...
-
-
-class _KernelClient(AsyncKernelClient):
-    """A client whose liveness is the kernel process's, not the (slow) heartbeat's.
-
-    Only shell and iopub are ever opened (through the kernel's `KernelGuard`, when it has
-    one): nothing reads stdin, control or heartbeat, so a kernel cannot fill them.
-    """
-
-    guard: KernelGuard | None = None
-
-    def bind(self, kernel: Kernel, guard: KernelGuard | None) -> None:
-        self._mbgd_kernel = kernel
-        self.guard = guard
-
-    @property
-    def broken(self) -> str | None:
-        """Why the guard cut this kernel off (a message over the cap, bad framing), if it did."""
-        return self.guard.problem if self.guard is not None else None
-
-    async def _async_is_alive(self) -> bool:
-        return self._mbgd_kernel.alive() and self.broken is None
-
-    is_alive = _async_is_alive
-
-    def start_channels(self, *args: Any, **kwargs: Any) -> None:
-        super().start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-
-    def stop_channels(self) -> None:
-        """Close what was opened (the base class would create the other channels to stop them)."""
-        for channel in (self._shell_channel, self._iopub_channel):
-            if channel is not None:
-                channel.close()
-        if self.guard is not None:
-            self.guard.close()
-
-
-class _Client(NotebookClient):
-    """nbclient that routes probe records to the reader and keeps nothing else.
-
-    Outputs, comm and widget state (nbclient keeps every comm message's binary buffers, in
-    base64, for the whole run: 2 GB sent grew the harness by 2.1 GB), output-widget hooks,
-    timings and execution counts copied into the cells: none of it is part of an Execution,
-    and all of it is the kernel's to inflate.
-    """
-
-    def __init__(self, nb: nbformat.NotebookNode, reader: ProbeReader, **kw: Any) -> None:
-        super().__init__(nb, record_timing=False, store_widget_state=False, **kw)
-        self.reader = reader
-        self.last_reply: dict[str, Any] | None = None
-        self.on_cell_executed = self._remember_reply
-
-    def _remember_reply(self, **kw: Any) -> None:
-        self.last_reply = kw.get("execute_reply")
-
-    def process_message(
-        self, msg: dict[str, Any], cell: nbformat.NotebookNode, cell_index: int
-    ) -> nbformat.NotebookNode | None:
-        content = msg.get("content")
-        if isinstance(content, dict):
-            content.pop("execution_count", None)  # nbclient would keep it in the cell
-        return super().process_message(msg, cell, cell_index)
-
-    def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> None:
-        if self.reader.wants(msg):
-            self.reader.feed(msg, cell_index)
-        return None  # outputs are not part of an Execution; keeping them costs memory
-
-    def clear_output(self, outs: list, msg: dict, cell_index: int) -> None:
-        return None  # no outputs kept, nothing to clear
-
-    def handle_comm_msg(self, outs: list, msg: dict, cell_index: int) -> None:
-        return None  # no comm, widget or buffer state: the grader is not a frontend
 
 
 def shorten_traceback(lines: list[str]) -> str:
@@ -173,34 +83,9 @@ def shorten_traceback(lines: list[str]) -> str:
     return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
 
 
-async def _connect(kernel: Kernel) -> tuple[_KernelClient, zmq.asyncio.Context]:
-    """A client on the kernel's shell and iopub only, through a guard, with small queues."""
-    guard = KernelGuard(kernel.connection) if KernelGuard.supports(kernel.connection) else None
-    if guard is not None:
-        await guard.start()
-    context = zmq.asyncio.Context()
-    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # per frame; the guard: per message
-    context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
-    context.setsockopt(zmq.LINGER, 0)
-    kc = _KernelClient(context=context)
-    kc.bind(kernel, guard)
-    info = guard.connection if guard is not None else kernel.connection
-    kc.load_connection_info(cast(KernelConnectionInfo, info))  # sandbox.connection_info()'s keys
-    try:
-        kc.start_channels()
-        await asyncio.wait_for(
-            _wait_ready(kc, kernel, monotonic() + KERNEL_START_TIMEOUT), KERNEL_START_TIMEOUT
-        )
-    except BaseException:
-        kc.stop_channels()
-        context.destroy(linger=0)
-        raise
-    return kc, context
-
-
 async def _ready_kernel(
     limits: RunLimits, pool: KernelSource | None, notes: list[str]
-) -> tuple[Kernel, _KernelClient | None, zmq.asyncio.Context | None, str]:
+) -> tuple[Kernel, GuardedKernelClient | None, zmq.asyncio.Context | None, str]:
     """A started kernel and a client that heard it answer, or the kernel and why not.
 
     A warm kernel can die between being handed out and answering (its zygote was killed,
@@ -209,7 +94,7 @@ async def _ready_kernel(
     for attempt in range(2):
         kernel = await _start_kernel(limits, pool, notes)
         try:
-            kc, context = await _connect(kernel)
+            kc, context = await connect(kernel)
             return kernel, kc, context, ""
         except (RuntimeError, TimeoutError) as exc:
             error = str(exc)
@@ -222,91 +107,14 @@ async def _ready_kernel(
     return kernel, None, None, error
 
 
-async def _wait_ready(kc: _KernelClient, kernel: Kernel, deadline: float) -> None:
-    """Return once the kernel answers kernel_info on shell AND its iopub reaches us.
-
-    jupyter_client's `wait_for_ready` does the same but then idles 0.2 s to "flush" iopub,
-    a third of a warm kernel's start; we need no flush, since every reader here matches
-    messages to its own request. iopub messages sent before our subscription took effect are
-    lost, so a request whose status we do not hear soon after its reply is asked again.
-    """
-    asked: set[str] = set()
-    reply: dict[str, Any] | None = None
-    heard_iopub = False
-    next_ask = 0.0
-    while reply is None or not heard_iopub:
-        if not kernel.alive():
-            raise RuntimeError("the kernel died before answering")
-        if kc.broken:
-            raise RuntimeError(kc.broken)
-        if monotonic() > deadline:
-            raise TimeoutError("the kernel did not answer in time")
-        if monotonic() >= next_ask:
-            asked.add(kc.kernel_info())
-            next_ask = monotonic() + READY_RETRY
-        if reply is None:
-            with contextlib.suppress(Empty):
-                msg = await kc.get_shell_msg(timeout=0.01)
-                if msg["parent_header"].get("msg_id") in asked:
-                    reply = msg
-                    next_ask = min(next_ask, monotonic() + 0.05)
-        if not heard_iopub:
-            with contextlib.suppress(Empty):
-                msg = await kc.get_iopub_msg(timeout=0.01)
-                heard_iopub = msg["parent_header"].get("msg_id") in asked
-    kc._handle_kernel_info_reply(reply)
-
-
-async def _silent(
-    kc: _KernelClient,
-    kernel: Kernel,
-    code: str,
-    timeout: float,
-    reader: ProbeReader | None,
-    cell: int,
-) -> dict[str, Any]:
-    """Run code silently (no history, no hooks), feed its records to reader, return the reply.
-
-    Raises TimeoutError when the reply and idle status do not both arrive in time or the
-    kernel dies meanwhile. The deadline holds however many messages the kernel sends: it is
-    checked for every message read, not only when the channels fall silent.
-    """
-    msg_id = kc.execute(code, silent=True, store_history=False, allow_stdin=False)
-    deadline = monotonic() + timeout
-    reply: dict[str, Any] | None = None
-    idle = False
-    while reply is None or not idle:
-        if monotonic() > deadline or not kernel.alive():
-            raise TimeoutError("no reply from the kernel")
-        if kc.broken:
-            raise TimeoutError(kc.broken)
-        if reply is None:
-            with contextlib.suppress(Empty):
-                msg = await kc.get_shell_msg(timeout=0.02)
-                if msg["parent_header"].get("msg_id") == msg_id:
-                    reply = msg
-        while not idle and monotonic() <= deadline:
-            try:
-                msg = await kc.get_iopub_msg(timeout=0.02)
-            except Empty:
-                break
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if reader is not None and reader.wants(msg):
-                reader.feed(msg, cell)
-            state = msg["content"].get("execution_state")
-            idle = msg["msg_type"] == "status" and state == "idle"
-    return reply
-
-
 async def _never() -> None:
     await asyncio.Event().wait()
 
 
 async def _run_cell(
-    client: _Client,
+    client: CellClient,
     kernel: Kernel,
-    kc: _KernelClient,
+    kc: GuardedKernelClient,
     cell: nbformat.NotebookNode,
     index: int,
     budget: float,
@@ -368,9 +176,9 @@ async def _run_cell(
 
 
 async def _run_cells(
-    client: _Client,
+    client: CellClient,
     kernel: Kernel,
-    kc: _KernelClient,
+    kc: GuardedKernelClient,
     nb: nbformat.NotebookNode,
     limits: RunLimits,
     ex: Execution,
@@ -468,7 +276,7 @@ async def execute_async(
         seed = None if seed_override is None else int(seed_override)
         code = install_code(reader.mime, seed)
         try:
-            reply = await _silent(kc, kernel, code, PROBE_TIMEOUT, reader, 0)
+            reply = await run_silent(kc, kernel, code, PROBE_TIMEOUT, reader, 0)
         except TimeoutError:
             reply = {"content": {"status": "error", "ename": "Timeout", "evalue": ""}}
         if reply["content"].get("status") != "ok":
@@ -478,13 +286,13 @@ async def execute_async(
             )
         kernel.seal()
         phase("probe")
-        client = _Client(nb, reader, km=None, allow_errors=True, timeout=None)
+        client = CellClient(nb, reader, km=None, allow_errors=True, timeout=None)
         client.kc = kc
         last = await _run_cells(client, kernel, kc, nb, limits, ex)
         phase("cells")
         if ex.fate == "ok" and last is not None and kernel.alive():
             try:
-                await _silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
+                await run_silent(kc, kernel, FLUSH_CODE, FLUSH_TIMEOUT, reader, last)
             except Exception as exc:  # noqa: BLE001 - timeout, or a kernel the learner broke
                 why = f": {kc.broken}" if kc.broken else ""
                 ex.notes.append(f"the final read of variables failed ({type(exc).__name__}){why}")

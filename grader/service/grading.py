@@ -159,7 +159,7 @@ class CeleryGrader(_OptionsGrader):
 def make_grader(settings: Settings) -> Grader:
     """The local pool, or Celery workers behind ``settings.broker``; either way a notebook may
     run for ``settings.grade_timeout`` seconds in total."""
-    from grader.execution.sandbox import RunLimits
+    from grader.execution.limits import RunLimits
     from grader.pipeline import GradeOptions
 
     options = GradeOptions(limits=RunLimits(total_timeout=settings.grade_timeout))

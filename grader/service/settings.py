@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from grader.errors import UsageError
-from grader.execution.sandbox import RunLimits
+from grader.execution.limits import RunLimits
 from grader.service.signing import DEFAULT_TOLERANCE, parse_secrets
 
 ENV_WEBHOOK_SECRET = "MBGD_WEBHOOK_SECRET"

@@ -56,7 +56,8 @@ HARNESS = r"""
 import json, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import grader, reference
-from grader.execution.sandbox import bwrap_argv, find_bwrap, kernel_env
+from grader.execution.launch import bwrap_argv, kernel_env
+from grader.execution.sandbox import find_bwrap
 work = Path(tempfile.mkdtemp(prefix="mbgd-test-", dir="/tmp"))
 (work / "home").mkdir()
 argv = bwrap_argv(find_bwrap(), work, kernel_env(work), uid=None, disk_mb=64)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_notebook
 
 import grader.pipeline
+from grader.execution.kernel_client import CellClient
 from grader.execution.probe_reader import (
     MAX_AXES,
     MAX_FIGURE_LINES,
@@ -35,7 +36,6 @@ from grader.execution.probe_reader import (
     ProbeReader,
     new_mime,
 )
-from grader.execution.runner import _Client
 from grader.execution.zmtp_guard import MAX_MESSAGE_BYTES, Framing, KernelGuard
 from grader.grading.checks import evaluate, find_answer
 from grader.grading.compare import Tolerance, find_window, starts_with
@@ -163,7 +163,7 @@ def test_the_guard_relays_small_messages_and_cuts_a_huge_multipart(tmp_path: Pat
 def test_the_client_keeps_no_comm_widget_or_output_state() -> None:
     reader = ProbeReader(new_mime())
     nb = new_notebook(cells=[new_code_cell("x = 1")])
-    client = _Client(nb, reader, km=None, allow_errors=True, timeout=None)
+    client = CellClient(nb, reader, km=None, allow_errors=True, timeout=None)
     cell = nb.cells[0]
     cell.outputs = []
     state = {"_model_module": "@jupyter-widgets/output", "_model_name": "OutputModel", "v": 1}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from grader.execution import cgroups, seccomp
-from grader.execution.sandbox import describe, joining_cgroup
+from grader.execution.launch import joining_cgroup
+from grader.execution.sandbox import describe
 
 V1_CGROUP = """\
 9:name=systemd:/

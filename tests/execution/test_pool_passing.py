@@ -54,7 +54,7 @@ def no_fresh_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("no answer")
 
     monkeypatch.setattr(runner, "SandboxedKernel", _FreshKernel)
-    monkeypatch.setattr(runner, "_connect", no_answer)
+    monkeypatch.setattr(runner, "connect", no_answer)
 
 
 def test_a_pool_that_fails_is_named_in_the_notes(no_fresh_kernels: None) -> None:
