@@ -44,6 +44,13 @@ class CheckId(StrEnum):
     INTEGRITY_SEED = "integrity.seed"  # added by --integrity (the secret-seed re-run)
 
 
+class GraderMistake(StrEnum):
+    """Mistake ids the grader itself gives (the lab's own mistakes are `reference`'s ids)."""
+
+    NOT_A_NOTEBOOK = "not_a_notebook"  # the upload could not be read as a notebook
+    HARD_CODED = "hard_coded"  # the answer did not follow a new seed, or stands as literals
+
+
 class Line(BaseModel):
     """One plotted line, as data: what the learner drew, not a picture of it."""
 

@@ -21,7 +21,14 @@ from grader.grading.compare import Tolerance, starts_with
 from grader.grading.forgery import hard_coded_cells
 from grader.grading.integrity import derive_seed, new_key
 from grader.grading.rubric import Rubric, load_rubric
-from grader.models import CheckId, CheckResult, Execution, GradeResult, not_graded
+from grader.models import (
+    CheckId,
+    CheckResult,
+    Execution,
+    GradeResult,
+    GraderMistake,
+    not_graded,
+)
 from grader.submission import Submission, SubmissionError, load
 from reference import expected
 
@@ -74,7 +81,7 @@ def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeRes
         max_score=rubric.max_score,
         rubric_name=rubric.name,
         diagnosis=error,
-        mistake="not_a_notebook",
+        mistake=GraderMistake.NOT_A_NOTEBOOK,
         seconds=round(time.monotonic() - started, 3),
     )
 
@@ -150,7 +157,7 @@ def _integrity_check(
         max_points=spec.points,
         passed=passed,
         message=message,
-        diagnosis="" if passed else "hard_coded",
+        diagnosis="" if passed else GraderMistake.HARD_CODED,
     )
 
 
@@ -169,7 +176,7 @@ def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) 
         )
         values.message += " Note: " + note[:1].lower() + note[1:]
         result.integrity = "flagged"
-        result.mistake = "hard_coded"
+        result.mistake = GraderMistake.HARD_CODED
         result.diagnosis = note
 
 
@@ -199,7 +206,7 @@ async def grade_submission(
         result.checks = [c for c in result.checks if c.id != check.id] + [check]
         result.integrity = "passed" if check.passed else "flagged"
         if not check.passed:
-            result.mistake = result.mistake or "hard_coded"
+            result.mistake = result.mistake or GraderMistake.HARD_CODED
             result.diagnosis = check.message
     if result.integrity != "passed":  # a passed re-run outweighs numbers seen in the source
         _flag_literals(result, submission, rubric)

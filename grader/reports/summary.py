@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from grader.models import PROBLEM_STATUSES, CheckId, Entry, GradeResult
+from grader.models import PROBLEM_STATUSES, CheckId, Entry, GradeResult, GraderMistake
 from grader.reports.rendering import environment, write_atomic
 
 if TYPE_CHECKING:
@@ -158,9 +158,9 @@ def axis_ticks(peak: int) -> list[int]:
 def _mistake_title(mistake: str) -> str:
     from reference import mistake_info
 
-    special = {
-        "hard_coded": "numbers hard-coded or copied (did not follow a new seed)",
-        "not_a_notebook": "file is not a readable notebook",
+    special: dict[str, str] = {
+        GraderMistake.HARD_CODED: "numbers hard-coded or copied (did not follow a new seed)",
+        GraderMistake.NOT_A_NOTEBOOK: "file is not a readable notebook",
     }
     if mistake in special:
         return special[mistake]
