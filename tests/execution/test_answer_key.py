@@ -65,7 +65,7 @@ done = subprocess.run([*argv, sys.executable, "-c", sys.argv[1]], capture_output
 shutil.rmtree(work, ignore_errors=True)
 print(json.dumps({
     "grader": grader.__file__, "reference": reference.__file__,
-    "stub": (Path(grader.__file__).parent / "masked_init.py").read_text(),
+    "stub": (Path(grader.__file__).parent / "execution/in_kernel/masked_init.py").read_text(),
     "sandboxed": json.loads(done.stdout or "null"), "stderr": done.stderr[-2000:],
 }))
 """
