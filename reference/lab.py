@@ -76,14 +76,20 @@ def start_weights(w0: float, b0: float) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def step(w: torch.Tensor, b: torch.Tensor, loss: torch.Tensor, lr: float) -> None:
-    """One update exactly as the lab writes it (through `.data`, then zero the grads)."""
+def step(
+    w: torch.Tensor, b: torch.Tensor, loss: torch.Tensor, lr: float, *, zero_grad: bool = True
+) -> None:
+    """One update exactly as the lab writes it (through `.data`, then zero the grads).
+
+    `zero_grad=False` leaves out the two `zero_()` lines: gradients then accumulate.
+    """
     loss.backward()
     assert w.grad is not None and b.grad is not None, "both weights require grad"
     w.data = w.data - lr * w.grad.data
     b.data = b.data - lr * b.grad.data
-    w.grad.data.zero_()
-    b.grad.data.zero_()
+    if zero_grad:
+        w.grad.data.zero_()
+        b.grad.data.zero_()
 
 
 def full_loss(w: torch.Tensor, b: torch.Tensor, data: LabData) -> float:
@@ -126,11 +132,15 @@ def train_minibatch(
     epoch_orders: list[torch.Tensor] | None = None,
     record_after_epoch: bool = False,
     sum_criterion: bool = False,
+    full_data_loss: bool = False,
+    zero_grad: bool = True,
 ) -> TrainingRun:
     """SGD / mini-batch training over the `Data` set, as `train_model_SGD`/`_Mini5`/`_Mini10`.
 
     The keyword arguments exist for the known mistakes (`reference.mistakes`); the defaults are
     the lab. `targets` defaults to the noiseless line the `Data` class holds.
+    `full_data_loss` computes each step's loss on the whole data set (`X`, noisy `Y`) instead
+    of the batch; `zero_grad=False` never zeroes the gradients.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -143,10 +153,12 @@ def train_minibatch(
             run.losses.append(full_loss(w, b, data))
         order = epoch_orders[epoch] if epoch_orders is not None else None
         for x, y in batches(data.X, y_train, batch_size, order):
+            if full_data_loss:
+                x, y = data.X, data.Y
             yhat = forward(w, b, x)
             loss = torch.sum((yhat - y) ** 2) if sum_criterion else criterion(yhat, y)
             run.batch_losses.append(loss.item())
-            step(w, b, loss, settings.lr)
+            step(w, b, loss, settings.lr, zero_grad=zero_grad)
             run.trajectory.append((w.item(), b.item()))
         if record_after_epoch:
             run.losses.append(full_loss(w, b, data))

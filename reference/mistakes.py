@@ -7,6 +7,7 @@ have after that mistake, for the same seed and settings.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +19,8 @@ from reference.lab import LabData, LabSettings, make_data, train_bgd, train_mini
 
 RIGHT_BATCH_SIZE = 20
 LOADER_EPOCHS_BEFORE_BATCH20 = 3  # SGD, mini-batch 5 and 10 each iterate a loader per epoch
+# Learning rates a learner may type instead of the lab's 0.1 (ids `lr_0.01` etc.).
+WRONG_LEARNING_RATES = (0.001, 0.01, 0.05, 0.2, 0.3, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,20 @@ def _batch_size_mistake(batch_size: int) -> Mistake:
             "you pass to the DataLoader: the exercise asks for 20."
         )
     return Mistake(f"batch_size_{batch_size}", f"batch size {batch_size}", hint)
+
+
+def _lr_id(lr: float) -> str:
+    return f"lr_{lr:g}"
+
+
+def _lr_mistake(text: str) -> Mistake:
+    lr = float(text)
+    speed = "smaller" if lr < 0.1 else "larger"
+    hint = (
+        f"Your numbers are what a learning rate of {text} gives: each step is {speed} than "
+        "the lab's. Set `lr = 0.1` in your batch-20 cell, as the other methods do."
+    )
+    return Mistake(_lr_id(lr), f"learning rate {text}", hint)
 
 
 FIXED_MISTAKES: dict[str, Mistake] = {
@@ -98,14 +115,58 @@ FIXED_MISTAKES: dict[str, Mistake] = {
             "These are the batch gradient descent losses (LOSS_BGD), not mini-batch with "
             "batch size 20.",
         ),
+        Mistake(
+            "full_data_in_loop",
+            "whole data set inside the loop",
+            "Inside `for x, y in trainloader:` the loss is computed on the whole data set "
+            "(`forward(X)`, `Y`): use the batch `x`, `y` (`yhat = forward(x)`, "
+            "`loss = criterion(yhat, y)`). As written, each epoch takes three full-batch steps "
+            "on the noisy `Y`.",
+        ),
+        Mistake(
+            "grads_not_zeroed",
+            "gradients not zeroed",
+            "Your gradients add up from step to step: after each update the lab zeroes them "
+            "with `w.grad.data.zero_()` and `b.grad.data.zero_()`. Put both lines back at the "
+            "end of the inner loop.",
+        ),
+        Mistake(
+            "loss_start_and_end",
+            "loss recorded before and after each epoch",
+            "You append the full-data loss twice per epoch, before and after the inner loop, "
+            "so every value after the first appears twice. Keep only the append before the "
+            "inner loop.",
+        ),
+        Mistake(
+            "epoch_and_batch_losses",
+            "epoch loss and every batch loss",
+            "Besides the full-data loss at the start of each epoch you also append every "
+            "mini-batch loss (4 entries per epoch). Remove the append inside the inner loop.",
+        ),
+        Mistake(
+            "batch_losses_and_epoch_end",
+            "every batch loss and the loss after the epoch",
+            "You append every mini-batch loss and then the full-data loss after the inner loop "
+            "(4 entries per epoch). Append once per epoch: the full-data loss "
+            "`criterion(forward(X), Y)` before the inner loop.",
+        ),
+        Mistake(
+            "last_batch_loss",
+            "last mini-batch's loss",
+            "You store the loss of the epoch's last mini-batch (`loss` after the inner loop). "
+            "The lab stores the loss on the whole data set, `criterion(forward(X), Y)`, at the "
+            "start of each epoch, before the inner loop.",
+        ),
     )
 }
 
 
 def mistake_info(mistake_id: str) -> Mistake:
-    """Title and hint for a variant id (fixed mistakes and `batch_size_N`)."""
+    """Title and hint for a variant id (fixed mistakes, `batch_size_N` and `lr_X`)."""
     if mistake_id.startswith("batch_size_"):
         return _batch_size_mistake(int(mistake_id.removeprefix("batch_size_")))
+    if mistake_id.startswith("lr_"):
+        return _lr_mistake(mistake_id.removeprefix("lr_"))
     return FIXED_MISTAKES[mistake_id]
 
 
@@ -170,6 +231,27 @@ def _variants(settings: LabSettings, data: LabData) -> dict[str, list[float]]:
         data, RIGHT_BATCH_SIZE, settings, sum_criterion=True
     ).losses
     variants["batch_gd"] = train_bgd(data, settings).losses
+    variants["full_data_in_loop"] = train_minibatch(
+        data, RIGHT_BATCH_SIZE, settings, full_data_loss=True
+    ).losses
+    variants["grads_not_zeroed"] = train_minibatch(
+        data, RIGHT_BATCH_SIZE, settings, zero_grad=False
+    ).losses
+    after = variants["loss_after_epoch"]
+    batch = right.batch_losses
+    epochs = range(len(right.losses))
+    variants["loss_start_and_end"] = [v for e in epochs for v in (right.losses[e], after[e])]
+    variants["epoch_and_batch_losses"] = [
+        v for e in epochs for v in (right.losses[e], *batch[e * per_epoch : (e + 1) * per_epoch])
+    ]
+    variants["batch_losses_and_epoch_end"] = [
+        v for e in epochs for v in (*batch[e * per_epoch : (e + 1) * per_epoch], after[e])
+    ]
+    variants["last_batch_loss"] = batch[per_epoch - 1 :: per_epoch]
+    for lr in WRONG_LEARNING_RATES:
+        variants[_lr_id(lr)] = train_minibatch(
+            data, RIGHT_BATCH_SIZE, dataclasses.replace(settings, lr=lr)
+        ).losses
     return variants
 
 

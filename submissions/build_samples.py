@@ -158,12 +158,20 @@ def samples() -> dict[str, Sample]:
         "mistakes/noisy_targets.ipynb": solved(train20(loader=NOISY_LOADER)),
         "mistakes/sum_criterion.ipynb": solved(train20(loss="torch.sum((yhat - y) ** 2)")),
         "mistakes/batch_gd.ipynb": solved(train20(loop_loader="[(X, Y)]")),
+        "mistakes/full_data_in_loop.ipynb": solved(
+            train20(yhat="forward(X)", loss="criterion(yhat, Y)")
+        ),
+        "mistakes/grads_not_zeroed.ipynb": solved(train20(zero_grad=False)),
+        "mistakes/learning_rate_0_01.ipynb": solved(train20(lr="0.01")),
         "mistakes/wrong_list.ipynb": solved(train20(append_to="LOSS_MINI10")),
         "mistakes/data_seed.ipynb": solved(train20(), seed=2),
         "mistakes/data_noise.ipynb": solved(train20(), noise="0.2"),
         "mistakes/too_few_epochs.ipynb": solved(train20(epochs=5)),
         "mistakes/no_legend.ipynb": solved(train20(), plot_all(legend=False)),
         "mistakes/plot_missing_batch20.ipynb": solved(train20(), plot_all(include_answer=False)),
+        "mistakes/exercise_figure_without_bgd.ipynb": solved(
+            train20(), plot_all(leave_out=("LOSS_BGD",))
+        ),
         # broken
         "broken/unsolved.ipynb": [
             *lab,

@@ -377,6 +377,9 @@ def train20(
     reset_weights: bool = True,
     record: str = "start",  # start | end | batch | sum
     loss: str = "criterion(yhat, y)",
+    yhat: str = "forward(x)",
+    lr: str = "0.1",
+    zero_grad: bool = True,
     append_to: str | None = None,
     surface: bool = False,
     extra_after: str = "",
@@ -393,7 +396,7 @@ def train20(
             "w = torch.tensor(-15.0, requires_grad=True)",
             "b = torch.tensor(-10.0, requires_grad=True)",
         ]
-    lines += [f"{list_name} = []", "lr = 0.1", "", "def train_model_Mini20(epochs):"]
+    lines += [f"{list_name} = []", f"lr = {lr}", "", "def train_model_Mini20(epochs):"]
     lines.append("    for epoch in range(epochs):")
     if surface:
         lines += [
@@ -407,7 +410,7 @@ def train20(
         lines.append(f"        {target}.append(criterion(forward(X), Y).tolist())")
     lines += [
         f"        for x, y in {loop_loader}:",
-        "            yhat = forward(x)",
+        f"            yhat = {yhat}",
         f"            loss = {loss}",
     ]
     if record == "batch":
@@ -418,9 +421,9 @@ def train20(
         "            loss.backward()",
         "            w.data = w.data - lr * w.grad.data",
         "            b.data = b.data - lr * b.grad.data",
-        "            w.grad.data.zero_()",
-        "            b.grad.data.zero_()",
     ]
+    if zero_grad:
+        lines += ["            w.grad.data.zero_()", "            b.grad.data.zero_()"]
     if record == "end":
         lines.append(f"        {target}.append(criterion(forward(X), Y).tolist())")
     if record == "sum":
@@ -444,10 +447,15 @@ def plot_all(
     *,
     legend: bool = True,
     include_answer: bool = True,
+    leave_out: tuple[str, ...] = (),
     comment: str = "# Practice: plot the LOSS of every method in one graph",
 ) -> Cell:
     lines = [comment]
-    lines += [f'plt.plot({name}, label="{label}")' for name, label in PLOT_LABELS.items()]
+    lines += [
+        f'plt.plot({name}, label="{label}")'
+        for name, label in PLOT_LABELS.items()
+        if name not in leave_out
+    ]
     if include_answer:
         lines.append(f'plt.plot({answer}, label="Mini-batch, batch size 20")')
     lines += ['plt.xlabel("epoch")', 'plt.ylabel("loss")']

@@ -103,3 +103,66 @@ def replica_notebook(seed: int, epochs: int = 10) -> nbformat.NotebookNode:
         cells.append(loader_run(name, size))
     cells.append(REPORT)
     return new_notebook(cells=[new_code_cell(source) for source in cells])
+
+
+# -- learners' mistakes, written as a learner would write the batch-20 cell -----------------
+
+MISTAKE_RUN = """\
+dataset = Data()
+trainloader = DataLoader(dataset = dataset, batch_size = 20)
+w = torch.tensor(-15.0, requires_grad = True)
+b = torch.tensor(-10.0, requires_grad = True)
+OUT = []
+lr = {lr}
+def train_mistake(epochs):
+    for epoch in range(epochs):
+        {start}
+        for x, y in trainloader:
+            yhat = forward({x})
+            loss = criterion(yhat, {y})
+            {batch}
+            loss.backward()
+            w.data = w.data - lr * w.grad.data
+            b.data = b.data - lr * b.grad.data
+            {zero}
+        {end}
+train_mistake(EPOCHS)
+MISTAKES[SEED][{mistake_id!r}] = OUT
+"""
+
+START = "OUT.append(criterion(forward(X), Y).tolist())"
+ZERO = "w.grad.data.zero_()\n            b.grad.data.zero_()"
+MISTAKE_CELLS: dict[str, dict[str, str]] = {
+    "full_data_in_loop": {"x": "X", "y": "Y"},
+    "grads_not_zeroed": {"zero": "pass"},
+    "lr_0.01": {"lr": "0.01"},
+    "lr_0.5": {"lr": "0.5"},
+    "loss_start_and_end": {"end": START},
+    "epoch_and_batch_losses": {"batch": "OUT.append(loss.tolist())"},
+    "batch_losses_and_epoch_end": {
+        "start": "pass",
+        "batch": "OUT.append(loss.tolist())",
+        "end": START,
+    },
+    "last_batch_loss": {"start": "pass", "end": "OUT.append(loss.tolist())"},
+}
+
+
+def mistake_cell(mistake_id: str) -> str:
+    fields = {"lr": "0.1", "start": START, "x": "x", "y": "y", "batch": "pass"}
+    fields |= {"zero": ZERO, "end": "pass"} | MISTAKE_CELLS[mistake_id]
+    return MISTAKE_RUN.format(mistake_id=mistake_id, **fields)
+
+
+def mistakes_notebook(seeds: tuple[int, ...], epochs: int = 10) -> nbformat.NotebookNode:
+    """The lab for each seed, then each mistake of `MISTAKE_CELLS` in its own batch-20 cell;
+    the last cell prints {seed: {mistake id: list}} as JSON. One kernel for every seed."""
+    cells = ["import json\nMISTAKES = {}"]
+    for seed in seeds:
+        cells += [f"SEED = {seed}\nEPOCHS = {epochs}\nMISTAKES[SEED] = {{}}", SETUP, BGD]
+        cells.append(DATA_CLASS)
+        for name, size in (("LOSS_SGD", 1), ("LOSS_MINI5", 5), ("LOSS_MINI10", 10)):
+            cells.append(loader_run(name, size))
+        cells += [mistake_cell(mistake_id) for mistake_id in MISTAKE_CELLS]
+    cells.append("print(json.dumps(MISTAKES))")
+    return new_notebook(cells=[new_code_cell(source) for source in cells])

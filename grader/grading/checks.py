@@ -25,7 +25,7 @@ from grader.grading.compare import (
 from grader.grading.diagnosis import Finding, data_finding, divergence_finding, mistake_finding
 from grader.grading.rubric import CheckSpec, Rubric
 from grader.models import Axes, CheckId, CheckResult, Curve, Execution, GradeResult, Variable
-from reference import LabSettings, expected
+from reference import LabSettings, expected, mistake_info
 
 ANSWER_METHOD = "LOSS20"
 DATA_NAMES = frozenset({"X", "Y", "f"})
@@ -241,53 +241,119 @@ def _all_axes(execution: Execution) -> list[Axes]:
     return [axes for figure in execution.figures for axes in figure.axes]
 
 
-def _accepted_curves(facts: Facts, method: str) -> list[list[float]]:
-    """A plotted line counts for a method if it is the reference or the learner's own list."""
-    curves = [facts.expected[method]]
-    own = facts.answer.values if method == ANSWER_METHOD else None
-    variable = facts.execution.variables.get(method)
-    if own is None and variable is not None and _numeric(variable):
-        own = variable.values
-    if own:
-        curves.append(own[: len(facts.want)])
-    return curves
+def _own_curve(facts: Facts, method: str) -> list[float]:
+    """The learner's own list for a method (its first `epochs` values), or []."""
+    if method == ANSWER_METHOD:
+        own = facts.answer.values if facts.answer.name else []
+    else:
+        variable = facts.execution.variables.get(method)
+        own = variable.values if variable is not None and _numeric(variable) else []
+    return own[: len(facts.want)]
 
 
-def _line_matches(y: list[float], curves: list[list[float]], tol: Tolerance) -> bool:
-    return any(starts_with(y, curve, tol) for curve in curves if curve)
+def _shows_reference(y: list[float], facts: Facts, method: str) -> bool:
+    return starts_with(y, facts.expected[method], facts.tol)
+
+
+def _shows_own(y: list[float], facts: Facts, method: str) -> bool:
+    own = _own_curve(facts, method)
+    return bool(own) and starts_with(y, own, facts.tol)
 
 
 def _methods_on(axes: Axes, facts: Facts) -> dict[str, int]:
-    """Which of the five methods each line of these axes shows: method -> line index."""
+    """Which of the five methods each line of these axes shows: method -> line index.
+
+    A line is recognised by the reference's numbers or by the learner's own list for that
+    method (whether that is enough to pass is the checks' business: see `_off_reference`);
+    each line stands for one method at most, reference matches first.
+    """
     found: dict[str, int] = {}
-    for method in facts.expected:
-        curves = _accepted_curves(facts, method)
-        for index, line in enumerate(axes.lines):
-            if _line_matches(line.y, curves, facts.tol):
-                found.setdefault(method, index)
-                break
+    taken: set[int] = set()
+    for shows in (_shows_reference, _shows_own):
+        for method in facts.expected:
+            if method in found:
+                continue
+            for index, line in enumerate(axes.lines):
+                if index not in taken and shows(line.y, facts, method):
+                    found[method] = index
+                    taken.add(index)
+                    break
     return found
 
 
+def _off_reference(axes: Axes, methods: dict[str, int], facts: Facts) -> list[str]:
+    """The methods whose line on these axes is the learner's list, not the reference's."""
+    return [m for m, i in methods.items() if not _shows_reference(axes.lines[i].y, facts, m)]
+
+
 def best_comparison_axes(facts: Facts) -> tuple[Axes | None, dict[str, int]]:
-    """The axes showing the most methods; searched once, shared by the two checks using it."""
+    """The axes showing the most methods; searched once, shared by the two checks using it.
+
+    On a tie, the axes with the batch-20 line win (the figure drawn for the exercise, not
+    the lab's own), and among those the last one drawn.
+    """
     if facts.comparison is None:
         best: tuple[Axes | None, dict[str, int]] = (None, {})
+        best_key = (0, False)
         for axes in _all_axes(facts.execution):
             methods = _methods_on(axes, facts)
-            if len(methods) > len(best[1]):
-                best = (axes, methods)
+            key = (len(methods), ANSWER_METHOD in methods)
+            if methods and key >= best_key:
+                best, best_key = (axes, methods), key
         facts.comparison = best
     return facts.comparison
 
 
+def _what_it_shows(facts: Facts) -> str:
+    """What the learner's wrong LOSS20 holds, in a few words ("batch-size-10 numbers")."""
+    return _wrong_answer(facts)[0]
+
+
+def _wrong_answer(facts: Facts) -> tuple[str, str]:
+    """(what the wrong LOSS20 holds, the known mistake's id when it is exactly that one)."""
+    finding = facts.mistake
+    got = facts.answer.values
+    if facts.data is not None:
+        return "numbers computed from data that are not the lab's", facts.data.id
+    if len(got) < len(facts.want) and matching_prefix(got, facts.want, facts.tol) == len(got):
+        return f"only {len(got)} of the {len(facts.want)} epochs", "too_few_epochs"
+    if finding is not None and finding.id.startswith("batch_size_"):
+        size = finding.id.removeprefix("batch_size_")
+        if finding.exact:
+            return f"batch-size-{size} numbers", finding.id
+        return f"numbers close to what batch size {size} gives", ""
+    if finding is not None:
+        try:
+            title = mistake_info(finding.id).title
+        except KeyError:  # not a variant of the reference (e.g. "not_finite")
+            title = ""
+        if title and finding.exact:
+            return f"what '{title}' gives", finding.id
+        if title:
+            return f"numbers close to '{title}'", ""
+    return "numbers that differ from the reference", ""
+
+
 def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
-    curves = _accepted_curves(facts, ANSWER_METHOD)
+    lenient = facts.rubric.plots.accept_learner_values
+    own_line = None
     for axes in _all_axes(facts.execution):
         for line in axes.lines:
-            if _line_matches(line.y, curves, facts.tol):
+            shows_own = _shows_own(line.y, facts, ANSWER_METHOD)
+            if _shows_reference(line.y, facts, ANSWER_METHOD) or (lenient and shows_own):
                 label = f" (labelled '{line.label}')" if line.label else ""
                 return _result(spec, True, f"Your batch-20 losses are plotted{label}.")
+            if shows_own and own_line is None:
+                own_line = line
+    if own_line is not None:
+        what, mistake = _wrong_answer(facts)
+        return _result(
+            spec,
+            False,
+            f"Your {facts.answer.name} is plotted, but it shows {what}, so the figure does not "
+            "show the batch-20 losses. Fix LOSS20 and plot it again.",
+            diagnosis=mistake,
+        )
     if not facts.execution.figures:
         return _result(spec, False, "The notebook drew no figures.")
     return _result(
@@ -298,20 +364,62 @@ def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
     )
 
 
+def _lines_off(off: list[str], facts: Facts) -> str:
+    """Which lines do not match the reference, and what the batch-20 one shows instead."""
+    clauses = []
+    if ANSWER_METHOD in off:
+        clauses.append(f"its batch-20 line ({facts.answer.name}) shows {_what_it_shows(facts)}")
+    others = [m for m in off if m != ANSWER_METHOD]
+    if len(others) == 1:
+        clauses.append(
+            f"its {LEGEND_NAMES[others[0]]} line ({others[0]}) does not match the reference"
+        )
+    elif others:
+        names = ", ".join(others[:-1]) + " and " + others[-1]
+        clauses.append(f"its {names} lines do not match the reference")
+    return "; ".join(clauses)
+
+
 def check_all_methods(spec: CheckSpec, facts: Facts) -> CheckResult:
     axes, methods = best_comparison_axes(facts)
-    if len(methods) == len(facts.expected):
-        return _result(spec, True, "One figure compares all five methods.")
-    missing = [LEGEND_NAMES[m] for m in facts.expected if m not in methods]
     if axes is None:
         return _result(spec, False, "No figure shows any of the five methods' losses.")
-    return _result(
-        spec,
-        False,
-        f"The figure with the most methods shows {len(methods)} of 5; missing: "
-        + ", ".join(missing)
-        + ". Plot all five loss lists in one figure.",
-    )
+    off = [] if facts.rubric.plots.accept_learner_values else _off_reference(axes, methods, facts)
+    if len(methods) == len(facts.expected) and not off:
+        return _result(spec, True, "One figure compares all five methods.")
+    if len(methods) == len(facts.expected) and facts.data is not None:
+        return _result(
+            spec,
+            False,
+            f"One figure shows all five methods, but {len(off)} of its lines do not match the "
+            "reference: your data are not the lab's, so fix X and Y first.",
+        )
+    if len(methods) == len(facts.expected):
+        return _result(
+            spec,
+            False,
+            "One figure shows all five methods, but "
+            + _lines_off(off, facts)
+            + (
+                ". Fix that list and plot it again."
+                if len(off) == 1
+                else ". Fix those lists and plot them again."
+            ),
+        )
+    missing = [LEGEND_NAMES[m] for m in facts.expected if m not in methods]
+    if ANSWER_METHOD in methods:
+        message = (
+            f"Your figure with the batch-20 loss shows {len(methods)} of 5 methods; "
+            f"it does not show {' or '.join(missing)}."
+        )
+    else:
+        message = (
+            f"The figure with the most methods shows {len(methods)} of 5; missing: "
+            f"{', '.join(missing)}."
+        )
+    if off:
+        message += " Besides, " + _lines_off(off, facts) + "."
+    return _result(spec, False, message + " Plot all five loss lists in one figure.")
 
 
 def check_legend(spec: CheckSpec, facts: Facts) -> CheckResult:

@@ -10,7 +10,7 @@ import tomllib
 from importlib.resources import files
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from grader.errors import UsageError
 from grader.grading import identity
@@ -31,6 +31,17 @@ class AnswerSpec(BaseModel):
     atol: float = Field(default=1e-9, ge=0)
 
 
+class PlotsSpec(BaseModel):
+    """How the plot checks judge a plotted line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # False: a line counts only when its data match the reference within tolerance.
+    # True: the learner's own (possibly wrong) list counts too, so one mistake in LOSS20
+    # costs the values check only.
+    accept_learner_values: StrictBool = False
+
+
 class CheckSpec(BaseModel):
     id: str
     title: str
@@ -49,6 +60,7 @@ class Rubric(BaseModel):
     title: str = ""
     answer: AnswerSpec
     checks: list[CheckSpec] = Field(min_length=1)
+    plots: PlotsSpec = Field(default_factory=PlotsSpec)
     fingerprint: str = ""  # of the TOML text (grader.grading.identity): in every grade's key
 
     @property

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from grader.grading.checks import LEGEND_NAMES, evaluate
-from grader.grading.rubric import Rubric, load_rubric, parse_rubric
+from grader.grading.checks import LEGEND_NAMES, best_comparison_axes, evaluate, gather_facts
+from grader.grading.rubric import PlotsSpec, Rubric, load_rubric, parse_rubric
 from grader.models import CellRun, CheckResult, Figure, GradeResult
 from reference import METHODS, expected, mistake_variants
 from tests.helpers import LEGEND_LABELS, comparison_axes, lab_execution
 
 RUBRIC = load_rubric()
+LENIENT = RUBRIC.model_copy(update={"plots": PlotsSpec(accept_learner_values=True)})
 WANT = expected()
 EPOCHS = RUBRIC.answer.epochs
 DEFAULT_IDS = [
@@ -354,13 +355,66 @@ def test_plot_loss20_fails_when_no_line_shows_the_batch20_losses():
     )
 
 
-def test_plot_loss20_accepts_the_learners_own_wrong_list_unlabelled():
+def stale_execution(*, whole_figure: bool = False):
+    """A stale batch-10 loader: LOSS20 holds batch-10 numbers, and they are plotted."""
     stale = mistake_variants()["batch_size_10"]
-    figure = Figure(cell=2, axes=[comparison_axes({"LOSS20": stale}, labels={})])
-    result = evaluate(lab_execution(variables=only_loss20(stale), figures=[figure]), RUBRIC)
-    found = check(result, "plot.loss20")
+    if whole_figure:
+        axes = comparison_axes({**{m: WANT[m] for m in METHODS if m != "LOSS20"}, "LOSS20": stale})
+    else:
+        axes = comparison_axes({"LOSS20": stale}, labels={})
+    variables = {m: WANT[m] for m in METHODS} | {"LOSS20": stale}
+    return lab_execution(variables=variables, figures=[Figure(cell=2, axes=[axes])])
+
+
+STALE_PLOTTED = (
+    "Your LOSS20 is plotted, but it shows batch-size-10 numbers, so the figure does not show "
+    "the batch-20 losses. Fix LOSS20 and plot it again."
+)
+
+
+def test_plot_loss20_fails_on_the_learners_own_wrong_list_saying_so():
+    result = evaluate(stale_execution(), RUBRIC)
+    assert_failed(result, "plot.loss20", STALE_PLOTTED, "batch_size_10")
+    assert check(result, "loss20.values").diagnosis == "batch_size_10"
+    assert result.mistake == "batch_size_10"  # from the values check, as before
+
+
+def test_plot_loss20_accepts_the_learners_own_list_when_the_rubric_says_so():
+    execution = stale_execution()
+    found = check(evaluate(execution, LENIENT), "plot.loss20")
     assert found.passed and found.message == "Your batch-20 losses are plotted."
-    assert not check(result, "loss20.values").passed  # plotted, but still the wrong numbers
+    assert not check(evaluate(execution, LENIENT), "loss20.values").passed
+    assert not check(evaluate(execution, RUBRIC), "plot.loss20").passed  # same Execution
+
+
+def test_plot_loss20_says_how_many_epochs_a_short_plotted_list_holds():
+    short = WANT["LOSS20"][:5]
+    figure = Figure(cell=2, axes=[comparison_axes({"LOSS20": short})])
+    result = evaluate(lab_execution(variables=only_loss20(short), figures=[figure]), RUBRIC)
+    assert_failed(
+        result,
+        "plot.loss20",
+        f"Your LOSS20 is plotted, but it shows only 5 of the {EPOCHS} epochs, so the figure "
+        "does not show the batch-20 losses. Fix LOSS20 and plot it again.",
+        "too_few_epochs",
+    )
+    assert check(
+        evaluate(lab_execution(variables=only_loss20(short), figures=[figure]), LENIENT),
+        "plot.loss20",
+    ).passed
+
+
+def test_plot_loss20_names_a_known_mistake_by_its_title():
+    values = mistake_variants()["weights_not_reset"]
+    figure = Figure(cell=2, axes=[comparison_axes({"LOSS20": values})])
+    result = evaluate(lab_execution(variables=only_loss20(values), figures=[figure]), RUBRIC)
+    assert_failed(
+        result,
+        "plot.loss20",
+        "Your LOSS20 is plotted, but it shows what 'w and b not reset' gives, so the "
+        "figure does not show the batch-20 losses. Fix LOSS20 and plot it again.",
+        "weights_not_reset",
+    )
 
 
 # -- plot.all_methods ------------------------------------------------------------------------
@@ -374,14 +428,89 @@ def test_all_methods_fails_naming_the_missing_ones():
         Figure(cell=2, axes=[comparison_axes(three)]),
     ]
     result = evaluate(lab_execution(figures=figures), RUBRIC)
-    missing = ", ".join(LEGEND_NAMES[m] for m in ("LOSS_SGD", "LOSS_MINI5"))
+    missing = " or ".join(LEGEND_NAMES[m] for m in ("LOSS_SGD", "LOSS_MINI5"))
+    assert_failed(
+        result,
+        "plot.all_methods",
+        f"Your figure with the batch-20 loss shows 3 of 5 methods; it does not show {missing}. "
+        "Plot all five loss lists in one figure.",
+    )
+    assert check(result, "plot.loss20").passed
+
+
+def test_all_methods_without_the_batch20_line_names_what_the_best_figure_misses():
+    three = {m: WANT[m] for m in ("LOSS_BGD", "LOSS_SGD", "LOSS_MINI10")}
+    result = evaluate(
+        lab_execution(figures=[Figure(cell=2, axes=[comparison_axes(three)])]), RUBRIC
+    )
+    missing = ", ".join(LEGEND_NAMES[m] for m in ("LOSS_MINI5", "LOSS20"))
     assert_failed(
         result,
         "plot.all_methods",
         f"The figure with the most methods shows 3 of 5; missing: {missing}. "
         "Plot all five loss lists in one figure.",
     )
-    assert check(result, "plot.loss20").passed
+
+
+def test_on_a_tie_the_figure_with_the_batch20_line_is_the_one_judged():
+    # The lab's own figure (BGD, SGD, 5, 10) left as is, and the exercise figure without BGD.
+    lab_figure = {m: WANT[m] for m in METHODS if m != "LOSS20"}
+    exercise = {m: WANT[m] for m in METHODS if m != "LOSS_BGD"}
+    for order in ((lab_figure, exercise), (exercise, lab_figure)):
+        figures = [Figure(cell=i, axes=[comparison_axes(c)]) for i, c in enumerate(order)]
+        result = evaluate(lab_execution(figures=figures), RUBRIC)
+        assert_failed(
+            result,
+            "plot.all_methods",
+            "Your figure with the batch-20 loss shows 4 of 5 methods; it does not show "
+            "batch gradient descent. Plot all five loss lists in one figure.",
+        )
+        assert best_comparison_axes(gather_facts(lab_execution(figures=figures), RUBRIC))[
+            0
+        ] == comparison_axes(exercise)
+
+
+def test_on_a_tie_without_a_batch20_line_the_last_figure_is_judged():
+    first = {m: WANT[m] for m in ("LOSS_BGD", "LOSS_SGD")}
+    last = {m: WANT[m] for m in ("LOSS_MINI5", "LOSS_MINI10")}
+    figures = [
+        Figure(cell=1, axes=[comparison_axes(first)]),
+        Figure(cell=2, axes=[comparison_axes(last)]),
+    ]
+    axes, methods = best_comparison_axes(gather_facts(lab_execution(figures=figures), RUBRIC))
+    assert axes == comparison_axes(last) and set(methods) == set(last)
+
+
+def test_all_methods_names_the_line_that_is_off_and_the_switch_accepts_it():
+    execution = stale_execution(whole_figure=True)
+    result = evaluate(execution, RUBRIC)
+    assert_failed(
+        result,
+        "plot.all_methods",
+        "One figure shows all five methods, but its batch-20 line (LOSS20) shows batch-size-10 "
+        "numbers. Fix that list and plot it again.",
+    )
+    # The legend is about labels: it is judged on that figure all the same.
+    assert check(result, "plot.legend").passed
+    lenient = evaluate(execution, LENIENT)
+    assert check(lenient, "plot.all_methods").passed and check(lenient, "plot.loss20").passed
+    assert lenient.score - result.score == 3  # plot.loss20 (2) and plot.all_methods (1)
+
+
+def test_all_methods_names_another_method_whose_line_is_off():
+    bgd = [2 * v for v in WANT["LOSS_BGD"]]
+    variables = {m: WANT[m] for m in METHODS} | {"LOSS_BGD": bgd}
+    figure = Figure(cell=2, axes=[comparison_axes(variables)])
+    result = evaluate(lab_execution(variables=variables, figures=[figure]), RUBRIC)
+    assert_failed(
+        result,
+        "plot.all_methods",
+        "One figure shows all five methods, but its batch gradient descent line (LOSS_BGD) "
+        "does not match the reference. Fix that list and plot it again.",
+    )
+    assert check(
+        evaluate(lab_execution(variables=variables, figures=[figure]), LENIENT), "plot.all_methods"
+    ).passed
 
 
 def test_all_methods_fails_when_no_figure_shows_any_method():
@@ -437,3 +566,39 @@ def test_a_rubric_without_plots_ignores_figures():
     result = evaluate(lab_execution(figures=[]), rubric)
     assert result.score == result.max_score == rubric.max_score
     assert not any(c.id.startswith("plot.") for c in result.checks)
+
+
+def test_plots_of_changed_data_say_the_data_are_the_cause():
+    seed = RUBRIC.answer.seed + 1  # the learner's data: another seed's
+    execution = lab_execution(seed=seed)
+    result = evaluate(execution, RUBRIC)
+    assert_failed(
+        result,
+        "plot.loss20",
+        "Your LOSS20 is plotted, but it shows numbers computed from data that are not the "
+        "lab's, so the figure does not show the batch-20 losses. Fix LOSS20 and plot it again.",
+        "data_changed",
+    )
+    assert_failed(
+        result,
+        "plot.all_methods",
+        "One figure shows all five methods, but 5 of its lines do not match the reference: "
+        "your data are not the lab's, so fix X and Y first.",
+    )
+    assert check(result, "plot.legend").passed
+    lenient = evaluate(execution, LENIENT)
+    assert all(c.passed for c in lenient.checks if c.id.startswith("plot."))
+
+
+def test_all_methods_groups_several_lines_that_are_off():
+    variables = {m: [2 * v for v in WANT[m]] for m in METHODS if m != "LOSS20"}
+    variables["LOSS20"] = mistake_variants()["weights_not_reset"]
+    figure = Figure(cell=2, axes=[comparison_axes(variables)])
+    result = evaluate(lab_execution(variables=variables, figures=[figure]), RUBRIC)
+    assert_failed(
+        result,
+        "plot.all_methods",
+        "One figure shows all five methods, but its batch-20 line (LOSS20) shows what 'w and b "
+        "not reset' gives; its LOSS_BGD, LOSS_SGD, LOSS_MINI5 and LOSS_MINI10 lines do not "
+        "match the reference. Fix those lists and plot them again.",
+    )

@@ -37,9 +37,26 @@ def test_the_variants_are_the_ones_this_file_covers():
         "batch_losses_appended",
         "sum_criterion",
         "batch_gd",
+        "full_data_in_loop",
+        "grads_not_zeroed",
+        "loss_start_and_end",
+        "epoch_and_batch_losses",
+        "batch_losses_and_epoch_end",
+        "last_batch_loss",
     }
     sizes = {f"batch_size_{n}" for n in range(1, 61) if n != 20}
-    assert set(VARIANTS) == fixed | sizes
+    rates = {f"lr_{lr}" for lr in ("0.001", "0.01", "0.05", "0.2", "0.3", "0.5", "1")}
+    assert set(VARIANTS) == fixed | sizes | rates
+
+
+def test_the_full_data_hint_points_at_the_loop_body():
+    hint = mistake_info("full_data_in_loop").hint
+    assert hint.startswith(
+        "Inside `for x, y in trainloader:` the loss is computed on the whole data set "
+        "(`forward(X)`, `Y`): use the batch `x`, `y`"
+    )
+    assert mistake_info("lr_0.01").title == "learning rate 0.01"
+    assert "`lr = 0.1`" in mistake_info("lr_0.01").hint
 
 
 @pytest.mark.parametrize("mistake_id", sorted(VARIANTS))

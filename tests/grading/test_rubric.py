@@ -146,3 +146,29 @@ def test_a_rubric_file_is_read_as_utf8(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(MINIMAL.replace('"Values"', '"Valeurs – étape 2"'), encoding="utf-8")
     assert load_rubric(path).check("loss20.values").title == "Valeurs – étape 2"
+
+
+def test_the_plots_switch_is_off_by_default_and_read_from_its_table():
+    assert load_rubric().plots.accept_learner_values is False
+    assert parse_rubric(MINIMAL).plots.accept_learner_values is False
+    lenient = parse_rubric(MINIMAL + "[plots]\naccept_learner_values = true\n")
+    assert lenient.plots.accept_learner_values is True
+    # Part of the text, so of the fingerprint: stored grades are redone when it changes.
+    assert lenient.fingerprint != parse_rubric(MINIMAL).fingerprint
+    # The default rubric documents it, commented out.
+    assert "# accept_learner_values = true" in default_rubric_text()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('accept_learner_values = "yes"', "plots.accept_learner_values: Input should be a valid"),
+        ("accept_learner_values = 1", "plots.accept_learner_values: Input should be a valid"),
+        ("accept_learner_value = true", "plots.accept_learner_value: Extra inputs"),
+    ],
+    ids=["string", "number", "misspelled"],
+)
+def test_a_bad_plots_switch_is_refused_naming_the_key(table, message):
+    with pytest.raises(RubricError) as refused:
+        parse_rubric(MINIMAL + "[plots]\n" + table + "\n")
+    assert message in str(refused.value)

@@ -3,6 +3,7 @@ bit), against an independent float64 twin, and by how far every known mistake la
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from nbclient import NotebookClient
 from grader.grading.compare import Tolerance, first_difference
 from grader.grading.rubric import load_rubric
 from reference import METHODS, LabSettings, expected, make_data, mistake_variants
-from tests.lab_replica import replica_notebook
+from tests.lab_replica import MISTAKE_CELLS, mistakes_notebook, replica_notebook
 from tests.numpy_twin import five_methods
 
 SEEDS = (1, 7, 2024)
@@ -50,6 +51,20 @@ def test_reference_reproduces_the_lab_bit_for_bit(lab_outputs, seed):
         assert ours[method] == lab[method], method  # exact float equality, every epoch
 
 
+@pytest.mark.slow
+def test_mistake_variants_reproduce_a_learners_cell_bit_for_bit():
+    """The variants a reference run can get wrong (a loss on other data, no zero_(), another
+    lr, other appends) against the learner's cell run after the lab in a real kernel."""
+    notebook = mistakes_notebook(SEEDS)
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    ran = json.loads(notebook.cells[-1].outputs[0]["text"])
+    for seed in SEEDS:
+        variants = mistake_variants(LabSettings(seed=seed))
+        assert set(ran[str(seed)]) == set(MISTAKE_CELLS)
+        for mistake_id, values in ran[str(seed)].items():
+            assert values == variants[mistake_id], (seed, mistake_id)  # exact equality
+
+
 def test_first_epoch_is_the_same_for_every_method():
     losses = expected(seed=3)
     assert len({values[0] for values in losses.values()}) == 1
@@ -79,10 +94,23 @@ def test_every_mistake_is_at_least_100x_the_tolerance_away(seed, tolerance):
     """This is how the tolerance is chosen: see docs/tolerance.md."""
     right = expected(seed=seed)["LOSS20"]
     variants = mistake_variants(LabSettings(seed=seed))
-    assert len(variants) >= 59 + 8
+    assert len(variants) >= 59 + 14 + 7
     wide = Tolerance(rtol=100 * tolerance.rtol, atol=100 * tolerance.atol)
     for mistake_id, values in variants.items():
         assert first_difference(values[:10], right, wide) is not None, mistake_id
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_mistakes_are_at_least_100x_the_tolerance_apart(seed, tolerance):
+    """No variant starts like another (over their common length), so each learner's list
+    names one mistake. (A stale batch-10 loader *and* weights not reset is not a variant for
+    this reason: both runs sit at the batch-10 minimum, the same numbers as
+    `weights_not_reset`.)"""
+    variants = mistake_variants(LabSettings(seed=seed))
+    wide = Tolerance(rtol=100 * tolerance.rtol, atol=100 * tolerance.atol)
+    for (a, first), (b, second) in itertools.combinations(variants.items(), 2):
+        common = min(len(first), len(second))
+        assert first_difference(first[:common], second[:common], wide) is not None, (a, b)
 
 
 def test_mistakes_leave_the_global_rng_alone():
