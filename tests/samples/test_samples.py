@@ -110,3 +110,24 @@ def test_a_crash_mid_notebook_is_named_with_its_error_and_later_cells_still_coun
     assert len(failed) == 1 and f"cell {failed[0].index} " in runs.message.lower()
     later = [c for c in result.execution.cells if c.index > failed[0].index]
     assert later and all(c.status == "ok" for c in later)
+
+
+@pytest.mark.slow
+def test_the_plots_switch_on_the_same_notebook(graded):
+    """The stale-loader notebook as graded (plots judged against the reference), then its
+    same Execution under a rubric with `[plots] accept_learner_values = true`."""
+    from grader.grading.checks import evaluate
+    from grader.grading.rubric import default_rubric_text, parse_rubric
+
+    result = graded["mistakes/stale_loader.ipynb"]
+    checks = {c.id: c for c in result.checks}
+    assert not checks["plot.loss20"].passed
+    assert "shows batch-size-10 numbers" in checks["plot.loss20"].message
+    assert result.execution is not None
+    lenient = parse_rubric(default_rubric_text() + "\n[plots]\naccept_learner_values = true\n")
+    again = evaluate(result.execution, lenient)
+    relaxed = {c.id: c for c in again.checks}
+    assert relaxed["plot.loss20"].passed and relaxed["plot.all_methods"].passed
+    assert not relaxed["loss20.values"].passed  # the values are still wrong
+    gained = sum(relaxed[i].points - checks[i].points for i in ("plot.loss20", "plot.all_methods"))
+    assert again.score == result.score + gained > result.score
