@@ -42,6 +42,15 @@ INPUT_MESSAGE = (
     "input() is not available when the notebook is graded: remove the call or give the "
     "value directly"
 )
+PROBE_SETTINGS = {  # what the probe inside the kernel is told (`install`)
+    "MAX_VALUES": MAX_VALUES,
+    "MAX_CANDIDATES": MAX_VARIABLES,
+    "MAX_LINES": MAX_LINES,
+    "MAX_AXES": MAX_AXES,
+    "MAX_FIGURES": MAX_FIGURES,
+    "MAX_RECORD_CHARS": MAX_RECORD_BYTES,
+    "INPUT_MESSAGE": INPUT_MESSAGE,
+}
 _SOURCE = (Path(__file__).parent / "in_kernel" / "probe.py").read_text(encoding="utf-8")
 
 
@@ -53,13 +62,13 @@ def new_mime() -> str:
 def install_code(mime: str, seed_override: int | None) -> str:
     """Source for the silent execute that installs the probe without touching user globals."""
     return (
-        "def _mbgd_boot(src, mime, seed):\n"
+        "def _mbgd_boot(src, mime, seed, settings):\n"
         "    import builtins\n"
         "    ns = {'__name__': '_mbgd_probe_src', 'get_ipython': get_ipython,\n"
         "          '__builtins__': dict(vars(builtins))}  # later patches of builtins miss us\n"
         "    exec(compile(src, '<mbgd-probe>', 'exec'), ns)\n"
-        "    ns['install'](mime, seed)\n"
-        f"_mbgd_boot({_SOURCE!r}, {mime!r}, {seed_override!r})\n"
+        "    ns['install'](mime, seed, settings)\n"
+        f"_mbgd_boot({_SOURCE!r}, {mime!r}, {seed_override!r}, {PROBE_SETTINGS!r})\n"
         "del _mbgd_boot\n"
     )
 

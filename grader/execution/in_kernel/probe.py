@@ -41,18 +41,17 @@ if TYPE_CHECKING:  # in the kernel, get_ipython comes from the namespace the pro
 
     from IPython import get_ipython
 
-MAX_VALUES = 10_000  # values kept per variable or plotted line
 MAX_SCAN = 100_000  # Python-level elements we are willing to visit per variable per cell
-MAX_CANDIDATES = 200  # variables reported per cell
-MAX_LINES = 50  # lines per axes
-MAX_AXES = 20  # axes per figure
-MAX_FIGURES = 500  # figures per run
-# = grader.execution.probe_reader.MAX_RECORD_BYTES: a longer record is not sent
-MAX_RECORD_CHARS = 8 << 20
-INPUT_MESSAGE = (  # = grader.execution.probe_reader.INPUT_MESSAGE
-    "input() is not available when the notebook is graded: remove the call or give the "
-    "value directly"
-)
+# The harness's own caps (`grader.execution.probe_reader.PROBE_SETTINGS`), set by `install`
+# before anything reads them: what the probe sends stays within what the reader keeps, and
+# each number lives once, on the harness's side.
+MAX_VALUES = 0  # values kept per variable or plotted line
+MAX_CANDIDATES = 0  # variables reported per cell
+MAX_LINES = 0  # lines per axes
+MAX_AXES = 0  # axes per figure
+MAX_FIGURES = 0  # figures per run
+MAX_RECORD_CHARS = 0  # a longer record is not sent (a note says so instead)
+INPUT_MESSAGE = ""  # what input() and getpass() say
 HIDDEN = {"In", "Out", "exit", "quit", "get_ipython"}
 Flat = tuple[list[float], int]
 PLOT_METHODS = (
@@ -70,8 +69,11 @@ PLOT_METHODS = (
 )
 
 
-def install(mime: str, seed_override: int | None) -> None:
-    """Hook the running IPython shell. Called once, silently, before the first cell."""
+def install(mime: str, seed_override: int | None, settings: dict[str, Any]) -> None:
+    """Hook the running IPython shell. Called once, silently, before the first cell.
+
+    `settings`: the harness's caps and texts (the module constants declared above)."""
+    globals().update(settings)
     ip = get_ipython()
     publish = ip.display_pub.publish
     dumps = json.dumps
