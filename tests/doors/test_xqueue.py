@@ -1,0 +1,540 @@
+"""The XQueue door end to end: `mbgd-grader xqueue` against a minimal XQueue on loopback.
+
+The fake XQueue is written here from the published contract (openedx/xqueue's
+submission_queue views and edx-submissions' XQueueViewSet): a Django-style session cookie
+from POST /xqueue/login/, get_submission handing out one queued submission with a fresh
+pull key, put_result checking header and key and recording the answer, uploads served
+under /files/. It can play either server: openedx/xqueue (a lost session is a 302 to the
+login page) or edx-submissions (a 403 without an XQueue answer; POSTs need the CSRF token
+its GET /xqueue/login/ hands out), expire every session, and refuse answers with 503.
+
+The client tests need no kernel; the worker tests (slow) grade real notebooks in a real
+`mbgd-grader xqueue` process, kill it with SIGKILL mid-grading, and restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell
+
+from grader.xqueue.client import Download, XQueueClient
+from tests.helpers import MANIFEST, SUBMISSIONS, quick_notebook
+
+USER, PASSWORD, QUEUE = "mbgd-grader", "s3cret-" + secrets.token_hex(4), "mbgd-lab"
+MAX_FILE = 10 * 2**20  # grader.submission.DEFAULT_MAX_BYTES, the worker's download cap
+
+
+# -- the fake XQueue ---------------------------------------------------------------------------
+
+
+@dataclass
+class Put:
+    submission_id: str
+    key: str
+    raw_body: str
+    status: int  # what the fake answered: 200 taken, 503 refused, 200/403 with return_code 1
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return json.loads(self.raw_body)
+
+    @property
+    def taken(self) -> bool:
+        return self.status == 200 and self.key != "stale"
+
+
+@dataclass
+class Queued:
+    submission_id: str
+    files: dict[str, str]  # name -> URL
+    body: dict[str, Any]
+    handed_out: int = 0
+    key: str = ""
+
+
+@dataclass
+class FakeXQueue:
+    """A minimal XQueue; `style` is "xqueue" (openedx/xqueue) or "submissions"."""
+
+    style: str = "xqueue"
+    waiting: list[Queued] = field(default_factory=list)
+    handed: dict[str, Queued] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    puts: list[Put] = field(default_factory=list)
+    sessions: set[str] = field(default_factory=set)
+    refuse: dict[str, int] = field(default_factory=dict)  # submission id -> 503s left
+    expire_after_first_put: bool = False
+    logins: int = 0
+    polls: int = 0
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add(self, sid: str, files: dict[str, bytes | None], payload: Any = "") -> None:
+        """Queue a submission; a file given as None has a URL that answers 404."""
+        urls = {}
+        for name, data in files.items():
+            path = f"/files/{sid}/{name}"
+            if data is not None:
+                self.files[path] = data
+            urls[name] = path if sid.endswith("r") else self.url + path  # relative, absolute
+        info = {"anonymous_student_id": f"anon-{sid}", "submission_time": "20261130150000"}
+        body = {
+            "student_response": "",
+            "grader_payload": payload if isinstance(payload, str) else json.dumps(payload),
+            "student_info": json.dumps(info),
+        }
+        with self.cond:
+            self.waiting.append(Queued(sid, urls, body))
+
+    def expire_sessions(self) -> None:
+        with self.cond:
+            self.sessions.clear()
+
+    def taken(self, sid: str) -> list[Put]:
+        with self.cond:
+            return [p for p in self.puts if p.submission_id == sid and p.taken]
+
+    def attempts(self, sid: str) -> list[Put]:
+        with self.cond:
+            return [p for p in self.puts if p.submission_id == sid]
+
+    def wait_until(self, what: Any, timeout: float, why: str) -> None:
+        with self.cond:
+            if not self.cond.wait_for(what, timeout=timeout):
+                raise AssertionError(f"{why} within {timeout} s; puts: {self.puts}")
+
+    def wait_taken(self, sids: set[str], timeout: float) -> dict[str, Put]:
+        self.wait_until(lambda: all(self.taken(s) for s in sids), timeout, f"answers for {sids}")
+        return {s: self.taken(s)[0] for s in sids}
+
+    # the three views, as Django would answer them
+
+    def reply(self, ok: bool, content: Any) -> dict[str, Any]:
+        return {"return_code": 0 if ok else 1, "content": content}
+
+    def get_submission(self, queue: str) -> dict[str, Any]:
+        with self.cond:
+            self.polls += 1
+            if queue != QUEUE:
+                return self.reply(False, f"Queue '{queue}' not found")
+            if not self.waiting:
+                return self.reply(False, f"Queue '{queue}' is empty")
+            item = self.waiting.pop(0)
+            item.handed_out += 1
+            item.key = secrets.token_hex(16)
+            self.handed[item.submission_id] = item
+        header = {"submission_id": int(item.submission_id.rstrip("r")), "submission_key": item.key}
+        content = {
+            "xqueue_header": json.dumps(header),
+            "xqueue_body": json.dumps(item.body),
+            "xqueue_files": json.dumps(item.files),
+        }
+        return self.reply(True, json.dumps(content))
+
+    def put_result(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        header = json.loads(form["xqueue_header"])
+        body = json.loads(form["xqueue_body"])  # the LMS's _parse_score_msg: a JSON object
+        assert set(body) == {"correct", "score", "msg"}, body
+        number = str(header["submission_id"])
+        with self.cond:
+            item = self.handed.get(number) or self.handed.get(number + "r")
+            if item is None:
+                return 404, self.reply(False, "Submission does not exist")
+            sid = item.submission_id
+            if self.refuse.get(sid, 0) > 0:
+                self.refuse[sid] -= 1
+                self.puts.append(Put(sid, header["submission_key"], form["xqueue_body"], 503))
+                self.cond.notify_all()
+                return 503, {}
+            if header["submission_key"] != item.key:
+                self.puts.append(Put(sid, "stale", form["xqueue_body"], 403))
+                self.cond.notify_all()
+                return 403, self.reply(False, "Incorrect key for submission")
+            self.puts.append(Put(sid, item.key, form["xqueue_body"], 200))
+            if self.expire_after_first_put:
+                self.expire_after_first_put = False
+                self.sessions.clear()
+            self.cond.notify_all()
+        return 200, self.reply(True, "")
+
+
+def _handler(fake: FakeXQueue) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _cookies(self) -> dict[str, str]:
+            jar = SimpleCookie(self.headers.get("cookie", ""))
+            return {k: v.value for k, v in jar.items()}
+
+        def _send(self, status: int, data: Any, cookies: dict[str, str] | None = None) -> None:
+            raw = json.dumps(data).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            for name, value in (cookies or {}).items():
+                self.send_header("set-cookie", f"{name}={value}; Path=/; HttpOnly")
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def _logged_in(self) -> bool:
+            with fake.cond:
+                return self._cookies().get("sessionid") in fake.sessions
+
+        def _refuse_login(self) -> None:
+            if fake.style == "xqueue":  # django's login_required
+                self.send_response(302)
+                self.send_header("location", f"/xqueue/login/?next={self.path}")
+                self.send_header("content-length", "0")
+                self.end_headers()
+            else:  # DRF's SessionAuthentication
+                self._send(403, {"detail": "Authentication credentials were not provided."})
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            path = unquote(url.path)
+            if url.path == "/xqueue/login/":
+                if fake.style == "submissions":
+                    self._send(200, fake.reply(True, ""), {"csrftoken": secrets.token_hex(16)})
+                else:
+                    self._send(200, fake.reply(False, "login_required"))
+            elif url.path == "/xqueue/get_submission/":
+                if not self._logged_in():
+                    return self._refuse_login()
+                queue = parse_qs(url.query).get("queue_name", [""])[0]
+                self._send(200, fake.get_submission(queue))
+            elif path in fake.files:
+                data = fake.files[path]
+                self.send_response(200)
+                if len(data) < MAX_FILE:  # the big one comes without a length
+                    self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # a client that stops reading
+                    for start in range(0, len(data), 65536):
+                        self.wfile.write(data[start : start + 65536])
+                self.close_connection = True
+            else:
+                self._send(404, {"detail": "Not found."})
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+            form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+            if self.path == "/xqueue/login/":
+                if form.get("username") == USER and form.get("password") == PASSWORD:
+                    session = secrets.token_hex(16)
+                    with fake.cond:
+                        fake.sessions.add(session)
+                        fake.logins += 1
+                    return self._send(200, fake.reply(True, "Logged in"), {"sessionid": session})
+                return self._send(200, fake.reply(False, "Incorrect login credentials"))
+            if self.path != "/xqueue/put_result/":
+                return self._send(404, {"detail": "Not found."})
+            if not self._logged_in():
+                return self._refuse_login()
+            if fake.style == "submissions":  # DRF enforces CSRF for session-authenticated POSTs
+                token = self._cookies().get("csrftoken")
+                if not token or self.headers.get("x-csrftoken") != token:
+                    return self._send(403, {"detail": "CSRF Failed: CSRF token missing."})
+            status, data = fake.put_result(form)
+            self._send(status, data)
+
+    return Handler
+
+
+@pytest.fixture(params=["xqueue", "submissions"])
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeXQueue]:
+    server = FakeXQueue(style=request.param)
+    yield server
+    server.close()
+
+
+# -- the client, without kernels ----------------------------------------------------------------
+
+
+def test_client_pulls_downloads_and_answers_and_logs_in_again(fake: FakeXQueue) -> None:
+    notebook = quick_notebook("correct", "client")
+    fake.add("7", {"notes.txt": b"x", "lab.ipynb": notebook}, {"points": 3})
+    fake.add("8r", {"lab.ipynb": notebook})  # a relative file URL, as Django storage gives
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        try:
+            await client.login()
+            first = await client.get_submission(QUEUE)
+            assert first is not None and first.submission_id == "7"
+            assert first.points == 3 and first.learner == "anon-7"
+            assert list(first.files) == ["notes.txt", "lab.ipynb"]
+            assert await client.download(first.files["lab.ipynb"]) == notebook
+            fake.expire_sessions()  # the session is gone: the client logs in again by itself
+            second = await client.get_submission(QUEUE)
+            assert second is not None and second.submission_id == "8"
+            assert await client.download(second.files["lab.ipynb"]) == notebook
+            assert await client.get_submission(QUEUE) is None  # empty
+            fake.expire_sessions()
+            answer = json.dumps({"correct": True, "score": 3, "msg": "<p>ok</p>"})
+            reply = await client.put_result(first.header, answer)
+            assert reply.ok, reply
+            stale = first.header.replace(fake.handed["7"].key, "0" * 32)
+            refused = await client.put_result(stale, answer)
+            assert not refused.ok and refused.content == "Incorrect key for submission"
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert fake.logins == 3
+    assert [p.raw_body for p in fake.taken("7")] == [
+        json.dumps({"correct": True, "score": 3, "msg": "<p>ok</p>"})
+    ]
+
+
+def test_client_bounds_downloads_and_names_what_failed(fake: FakeXQueue) -> None:
+    fake.add("9", {"huge.ipynb": b"{" + b" " * MAX_FILE, "gone.ipynb": None})
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        try:
+            await client.login()
+            pulled = await client.get_submission(QUEUE)
+            assert pulled is not None
+            with pytest.raises(Download, match="larger than 10 MiB") as big:
+                await client.download(pulled.files["huge.ipynb"])
+            assert big.value.final
+            with pytest.raises(Download, match="HTTP 404") as gone:
+                await client.download(pulled.files["gone.ipynb"])
+            assert gone.value.final
+            with pytest.raises(Download, match="not http") as odd:
+                await client.download("file:///etc/passwd")
+            assert odd.value.final
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_wrong_password_is_a_clear_login_failure(fake: FakeXQueue) -> None:
+    from grader.xqueue.client import LoginFailed
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, "wrong")
+        try:
+            with pytest.raises(LoginFailed, match="Incorrect login credentials"):
+                await client.login()
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+# -- the worker, end to end (kernels) ------------------------------------------------------------
+
+
+def sample(path: str) -> dict[str, Any]:
+    return next(s for s in MANIFEST if s["path"] == path)
+
+
+def sleepy_notebook(seconds: float) -> bytes:
+    """A quick lab notebook that first sleeps, so a kill lands while it is being graded."""
+    nb = nbformat.reads(quick_notebook("correct", "sleepy").decode(), as_version=4)
+    nb.cells.insert(0, new_code_cell(f"import time\ntime.sleep({seconds})"))
+    return nbformat.writes(nb).encode()
+
+
+LEAKER = """import glob, os
+found = [repr({k: v for k, v in os.environ.items() if k.startswith("MBGD")})]
+for path in glob.glob("/proc/*/environ"):
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        continue
+    if b"MBGD_" in data:
+        found.append(data.decode("latin-1"))
+raise RuntimeError("LEAK " + " ".join(found))
+"""
+
+
+def leaker_notebook() -> bytes:
+    """Learner code that looks for the worker's XQueue credentials and shows what it found."""
+    nb = nbformat.v4.new_notebook(cells=[new_code_cell(LEAKER)])
+    return nbformat.writes(nb).encode()
+
+
+class Worker:
+    """`mbgd-grader xqueue` as a subprocess."""
+
+    def __init__(self, url: str, state: Path, log: Path) -> None:
+        exe = Path(sys.executable).with_name("mbgd-grader")
+        cmd = [str(exe), "xqueue", "--url", url, "--queue", QUEUE, "--jobs", "2"]
+        cmd += ["--state", str(state), "--poll-max", "0.5", "--timeout", "120"]
+        env = {**os.environ, "MBGD_XQUEUE_USER": USER, "MBGD_XQUEUE_PASSWORD": PASSWORD}
+        self.log_path, self.log = log, log.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill9(self) -> None:
+        """SIGKILL; then reap the kernels it orphaned (test hygiene only)."""
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        self.log.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill9()
+            self.log.close()
+
+
+def journal_rows(state: Path) -> dict[str, sqlite3.Row]:
+    with contextlib.closing(sqlite3.connect(state / "journal.sqlite3")) as db:
+        db.row_factory = sqlite3.Row
+        return {r["submission_id"]: r for r in db.execute("SELECT * FROM pulled")}
+
+
+@dataclass
+class Run:
+    fake: FakeXQueue
+    answers: dict[str, Put]
+    killed_rows: dict[str, sqlite3.Row]
+    refused_body: str
+    exit_code: int
+    final_rows: dict[str, sqlite3.Row]
+    log: str
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """One queue through the worker: killed with SIGKILL mid-grading, restarted, stopped."""
+    work = tmp_path_factory.mktemp("xqueue")
+    state, log = work / "state", work / "worker.log"
+    fake = FakeXQueue(style="submissions", expire_after_first_put=True)
+    fake.add("101", {"lab.ipynb": (SUBMISSIONS / "correct/loss20.ipynb").read_bytes()})
+    stale = (SUBMISSIONS / "mistakes/stale_loader.ipynb").read_bytes()
+    fake.add("102r", {"readme.txt": b"hi", "my lab.ipynb": stale}, {"points": 5})
+    fake.add("103", {"essay.pdf": b"%PDF-1.7 a scanned essay"})
+    fake.add("104", {"huge.ipynb": b"{" + b" " * MAX_FILE})
+    fake.add("105", {"lab.ipynb": None})
+    fake.add("108", {"lab.ipynb": leaker_notebook()})
+    fake.add("106", {"lab.ipynb": quick_notebook("stale_loader", "answer refused")})
+    fake.refuse["106"] = 10**6  # graded before the kill, its answer not taken
+    fake.add("107", {"lab.ipynb": sleepy_notebook(3)})  # being graded at the kill
+    worker = Worker(fake.url, state, log)
+    try:
+        fake.wait_taken({"101", "102r", "103", "104", "105", "108"}, timeout=240)
+        fake.wait_until(lambda: fake.attempts("106") and "107" in fake.handed, 60, "106 refused")
+        assert not fake.taken("107"), "107 was answered before the kill"
+    finally:
+        worker.kill9()
+    killed_rows = journal_rows(state)
+    refused_body = fake.attempts("106")[0].raw_body
+    fake.refuse["106"] = 0
+    again = Worker(fake.url, state, log)
+    try:
+        answers = fake.wait_taken({"101", "102r", "103", "104", "105", "106", "107", "108"}, 120)
+        time.sleep(1.0)  # let any repeat arrive before counting
+    finally:
+        code = again.stop()
+    yield Run(fake, answers, killed_rows, refused_body, code, journal_rows(state), again.tail())
+    fake.close()
+
+
+def well_formed(msg: str) -> ET.Element:
+    """What older LMS versions do with a msg: parse it as XML (lxml's etree.fromstring)."""
+    return ET.fromstring(msg)
+
+
+@pytest.mark.slow
+def test_lab_notebooks_get_the_graders_points(run: Run) -> None:
+    correct, mistake = run.answers["101"].body, run.answers["102r"].body
+    want = sample("correct/loss20.ipynb")
+    assert correct["score"] == want["score"] == 10 and correct["correct"] is True
+    root = well_formed(correct["msg"])
+    assert "Score: 10 / 10" in "".join(root.itertext())
+    # The mistake: the rubric's points scaled to the problem's 5 (grader_payload "points").
+    want = sample("mistakes/stale_loader.ipynb")
+    assert mistake["score"] == pytest.approx(want["score"] * 5 / 10), mistake["msg"]
+    assert not mistake["correct"]
+    text = "".join(well_formed(mistake["msg"]).itertext())
+    assert f"Score: {want['score'] * 5 / 10:g} / 5" in text and "batch" in text.lower()
+    assert run.fake.logins >= 2, "the expired session was not renewed"
+
+
+@pytest.mark.slow
+def test_files_that_cannot_be_graded_get_an_answer_that_says_why(run: Run) -> None:
+    reasons = {"103": "PDF", "104": "larger than 10 MiB", "105": "HTTP 404"}
+    for sid, reason in reasons.items():
+        body = run.answers[sid].body
+        assert body["score"] == 0 and body["correct"] is False, sid
+        assert reason in "".join(well_formed(body["msg"]).itertext()), (sid, body["msg"])
+
+
+@pytest.mark.slow
+def test_learner_code_cannot_read_the_xqueue_password(run: Run) -> None:
+    body = run.answers["108"].body
+    text = "".join(well_formed(body["msg"]).itertext())
+    assert "LEAK" in text, body["msg"]  # the learner's error is shown ...
+    assert PASSWORD not in body["msg"] and "MBGD_XQUEUE" not in body["msg"]  # ... not the secret
+
+
+@pytest.mark.slow
+def test_kill_9_mid_grading_then_restart_every_score_arrives_unchanged(run: Run) -> None:
+    before = run.killed_rows
+    assert before["107"]["answer"] is None, "107 was not mid-grading at the kill"
+    assert before["106"]["answer"] is not None and before["106"]["answered_at"] is None
+    # The answer that was refused before the kill is the one taken after it, byte for byte.
+    assert run.answers["106"].raw_body == run.refused_body == before["106"]["answer"]
+    assert run.answers["106"].body["score"] < 10
+    sleepy = run.answers["107"].body
+    assert sleepy["correct"] is True and sleepy["score"] == 10
+    well_formed(sleepy["msg"])
+    for sid in run.answers:  # once, or again identical (killed between its post and its note)
+        assert len({p.raw_body for p in run.fake.taken(sid)}) == 1, sid
+    assert len(run.fake.taken("107")) == 1
+    assert run.fake.handed["107"].handed_out == 1  # finished from the journal, not re-pulled
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_worker_cleanly_with_nothing_left(run: Run) -> None:
+    assert run.exit_code == 0, run.log
+    assert all(r["answered_at"] is not None for r in run.final_rows.values())
+    assert {r["outcome"] for r in run.final_rows.values()} == {"taken"}
+    assert all(r["notebook"] is None for r in run.final_rows.values())  # files not kept
