@@ -58,7 +58,21 @@ def reference(seed: int, epochs: int, lr: float, as_json: bool) -> None:
 )
 @click.option("--broker", default=None, help="redis://... : grade on Celery workers.")
 @click.option("--slots", default=None, type=click.IntRange(1, 1024), help="Concurrent gradings.")
-def serve(host: str, port: int, db: str | None, broker: str | None, slots: int | None) -> None:
+@click.option(
+    "--lti-config",
+    default=None,
+    metavar="TOML",
+    help="LTI 1.3 platform registrations: post scores to their gradebooks (AGS) "
+    "[default: $MBGD_LTI_CONFIG; none: LTI off].",
+)
+def serve(
+    host: str,
+    port: int,
+    db: str | None,
+    broker: str | None,
+    slots: int | None,
+    lti_config: str | None,
+) -> None:
     """Run the LMS webhook service (secrets come from MBGD_* environment variables)."""
     import logging
 
@@ -67,7 +81,7 @@ def serve(host: str, port: int, db: str | None, broker: str | None, slots: int |
     from grader.service import SettingsError, create_app, from_environment
 
     try:
-        settings = from_environment(db=db, broker=broker, slots=slots)
+        settings = from_environment(db=db, broker=broker, slots=slots, lti_config=lti_config)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -216,6 +230,92 @@ def worker(
         visibility_timeout=visibility_timeout,
         loglevel=loglevel,
     )
+
+
+@main.command()
+@click.option("--url", required=True, help="The XQueue server, e.g. https://xqueue.example.org")
+@click.option("--queue", "queue_name", required=True, help="The queue the course's problem names.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Submissions graded at once (with --broker: sent to the workers at once).  "
+    "[default: number of cores]",
+)
+@click.option(
+    "--broker",
+    metavar="URL",
+    help="Grade on Celery workers (`mbgd-grader worker`) via this Redis URL.",
+)
+@click.option(
+    "--state",
+    default="mbgd-xqueue-state",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the journal of pulled, unanswered submissions (one per worker).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help=f"Seconds one notebook may run in total.  [default: {TOTAL_TIMEOUT}]",
+)
+@click.option(
+    "--poll-max",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Longest pause between two polls of an empty queue (seconds).",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+def xqueue(
+    url: str,
+    queue_name: str,
+    jobs: int | None,
+    broker: str | None,
+    state: Path,
+    timeout: float | None,
+    poll_max: float,
+    loglevel: str,
+) -> None:
+    """Grade an Open edX course's notebooks from its XQueue, as a long-running pull worker.
+
+    Credentials of the XQueue user come from MBGD_XQUEUE_USER and MBGD_XQUEUE_PASSWORD.
+    SIGTERM or Ctrl-C stops it after the running gradings (a second one at once); what was
+    pulled and not answered is kept in --state and finished at the next start.
+    """
+    import logging
+    import os
+
+    from grader.errors import UsageError
+    from grader.pipeline import GradeOptions
+    from grader.xqueue.worker import Settings, run
+
+    user = os.environ.get("MBGD_XQUEUE_USER", "")
+    password = os.environ.get("MBGD_XQUEUE_PASSWORD", "")
+    if not user or not password:
+        raise click.UsageError("set MBGD_XQUEUE_USER and MBGD_XQUEUE_PASSWORD")
+    limits = RunLimits()
+    if timeout is not None:
+        limits = limits.model_copy(update={"total_timeout": timeout})
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    settings = Settings(
+        url=url,
+        queue=queue_name,
+        username=user,
+        password=password,
+        state=state,
+        jobs=jobs or os.cpu_count() or 1,
+        broker=broker,
+        options=GradeOptions(limits=limits),
+        poll_max=poll_max,
+    )
+    try:
+        run(settings)
+    except (UsageError, ValueError) as error:  # a state folder in use, a URL that is not one
+        raise click.UsageError(str(error)) from error
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ DOORS = {
     "grader.pytest_plugin",
     "grader.cli",
     "grader.service",
+    "grader.xqueue",
 }
 
 

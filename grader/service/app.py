@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from grader import __version__
 from grader.errors import Refused
@@ -36,10 +36,12 @@ from grader.service.schemas import (
     Accepted,
     CallbackState,
     Health,
+    LtiState,
     Problem,
     SubmissionIn,
     SubmissionState,
 )
+from grader.service.score_outbox import ScoreOutbox
 from grader.service.settings import Settings
 from grader.service.signing import SignatureError, verify
 
@@ -48,7 +50,9 @@ Grades learners' notebooks for the PyTorch lab *Mini-Batch Gradient Descent*.
 
 The LMS posts a submission signed as a [Standard Webhook](https://www.standardwebhooks.com)
 and hears 202 at once; the signed result comes back to its `callback_url` with the LTI 1.3 AGS
-score fields, and can also be polled at `status_url`.
+score fields, and can also be polled at `status_url`. With LTI 1.3 platforms registered
+(`--lti-config`), a submission's `lti` target gets the AGS Score posted straight to the
+platform's gradebook; the tool's public keys are at `/.well-known/jwks.json`.
 """
 
 
@@ -62,6 +66,25 @@ class PayloadError(Refused):
         super().__init__(msg)
         self.loc = ["body"] + ([field] if field else [])
         self.msg, self.kind, self.status = msg, kind, status
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON Schema with its ``$defs`` written in place: the schema goes into the
+    OpenAPI document as is, where a ``#/$defs/...`` reference would point at nothing."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return dict(resolve(schema))
 
 
 def _problem(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -125,6 +148,43 @@ def _safe_name(submission_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", submission_id).strip("._")[:100] or "submission"
 
 
+def _check_lti(payload: SubmissionIn, settings: Settings) -> str | None:
+    """The submission's LTI target as stored (JSON), once its platform and host are known."""
+    target = payload.lti
+    if target is None:
+        return None
+    if settings.lti is None:
+        raise PayloadError("lti", "LTI is off: the service has no --lti-config", "lti_off")
+    platform = settings.lti.platform(target.issuer)
+    if platform is None:
+        raise PayloadError(
+            "lti", f"issuer {target.issuer!r} is not a registered platform", "lti_issuer"
+        )
+    if not platform.lineitem_allowed(target.lineitem):
+        raise PayloadError(
+            "lti",
+            "lineitem must be an https URL on one of this platform's lineitem_hosts",
+            "lti_lineitem_not_allowed",
+        )
+    return target.model_dump_json()
+
+
+def _lti_state(row: dict[str, Any]) -> LtiState | None:
+    if not row["lti"]:
+        return None
+    target = json.loads(row["lti"])
+    if row["lti_status"] is None:
+        return LtiState(status="waiting", **target)
+    return LtiState(
+        status=row["lti_status"],
+        **target,
+        attempts=row["lti_attempts"],
+        delivered_at=iso8601(row["lti_delivered_at"]) if row["lti_delivered_at"] else None,
+        last_status=row["lti_last_status"],
+        last_error=row["lti_last_error"] or None,
+    )
+
+
 def _state(row: dict[str, Any]) -> SubmissionState:
     started, finished = row["started_at"], row["finished_at"]
     callback = None
@@ -154,6 +214,7 @@ def _state(row: dict[str, Any]) -> SubmissionState:
         grading_seconds=round(finished - started, 3) if done and started and finished else None,
         reused_from=row["reused_from"],
         callback=callback,
+        lti=_lti_state(row),
     )
 
 
@@ -163,15 +224,22 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.db_path)
-        outbox = Outbox(db, settings)
-        dispatcher = Dispatcher(db, settings, grader or make_grader(settings), outbox.wake)
+        outbox, scores = Outbox(db, settings), ScoreOutbox(db, settings)
+
+        def wake_outboxes() -> None:
+            outbox.wake()
+            scores.wake()
+
+        dispatcher = Dispatcher(db, settings, grader or make_grader(settings), wake_outboxes)
         app.state.db, app.state.dispatcher = db, dispatcher
         await outbox.start()
+        await scores.start()
         await dispatcher.start()
         try:
             yield
         finally:
             await dispatcher.stop()
+            await scores.stop()
             await outbox.stop()
             db.close()
 
@@ -209,7 +277,7 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": SubmissionIn.model_json_schema()}},
+                "content": {"application/json": {"schema": _inline_schema(SubmissionIn)}},
             }
         },
     )
@@ -243,6 +311,7 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
                     "must be http(s) to a host on MBGD_CALLBACK_ALLOWED_HOSTS",
                     "callback_not_allowed",
                 )
+            lti = _check_lti(payload, settings)
         except PayloadError as exc:
             if exc.status != 422:
                 return _problem(exc.status, exc.msg)
@@ -264,6 +333,7 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
                     learner_id=payload.learner_id,
                     assignment_id=payload.assignment_id,
                     callback_url=url,
+                    lti=lti,
                     name=_safe_name(payload.submission_id),
                     notebook=notebook,
                     sha256=hashlib.sha256(notebook).hexdigest(),
@@ -288,6 +358,17 @@ def create_app(settings: Settings, grader: Grader | None = None) -> FastAPI:
         if row is None:
             raise HTTPException(404, f"no submission {sub_id}")
         return _state(row)
+
+    @app.get(
+        "/.well-known/jwks.json",
+        responses={404: {"model": Problem, "description": "LTI is off (no --lti-config)."}},
+        summary="The tool's public keys (JWK Set), for the LTI platforms it is registered on",
+    )
+    async def jwks() -> JSONResponse:
+        """Platforms verify the tool's signed client assertions with these keys."""
+        if settings.lti is None:
+            raise HTTPException(404, "LTI is off: the service has no --lti-config")
+        return JSONResponse(settings.lti.jwks(), headers={"cache-control": "max-age=300"})
 
     @app.get("/healthz", response_model=Health, summary="Liveness, with queue counts")
     async def healthz(request: Request) -> Health:

@@ -1,9 +1,9 @@
 """The service's SQLite database: the queue, the results and the callback outbox in one file.
 
 The database is the source of truth. A submission is committed (WAL, synchronous=FULL) before
-the LMS hears 202; grading slots claim queued rows; a result and its callback are written in
-one transaction. After a crash, rows left "running" go back to "queued" and undelivered
-callbacks are sent again, so nothing accepted is ever lost.
+the LMS hears 202; grading slots claim queued rows; a result, its callback and its LTI Score are
+written in one transaction. After a crash, rows left "running" go back to "queued" and
+undelivered callbacks and Scores are sent again, so nothing accepted is ever lost.
 
 One connection, guarded by a lock, used from worker threads (``asyncio.to_thread``): SQLite
 serialises writers anyway and each statement here takes well under a millisecond.
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS submissions (
     learner_id    TEXT NOT NULL,
     assignment_id TEXT,
     callback_url  TEXT,
+    lti           TEXT,
     name          TEXT NOT NULL,
     notebook      BLOB NOT NULL,
     sha256        TEXT NOT NULL,
@@ -60,7 +61,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS lti_outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    submission      TEXT NOT NULL UNIQUE REFERENCES submissions(id),
+    issuer          TEXT NOT NULL,
+    lineitem        TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    created_at      REAL NOT NULL,
+    delivered_at    REAL,
+    last_status     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS lti_outbox_due ON lti_outbox(status, next_attempt_at);
 """
+# The two delivery queues: signed callbacks to callback_url, and LTI AGS Scores.
+OUTBOXES = ("outbox", "lti_outbox")
+# Columns added after a database may have been created: (table, column, declaration).
+ADDED_COLUMNS = (("submissions", "lti", "TEXT"),)
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class NewSubmission:
     notebook: bytes
     sha256: str
     response: str  # the exact JSON answered with 202, returned again for a repeated webhook-id
+    lti: str | None = None  # JSON {"issuer", "lineitem", "user_id"}: where the Score goes
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,15 @@ class Callback:
 
     webhook_id: str
     url: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class LtiScore:
+    """One AGS Score to post with a result: the platform, the line item, the exact bytes."""
+
+    issuer: str
+    lineitem: str
     body: bytes
 
 
@@ -105,6 +135,10 @@ class Database:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                have = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:  # a database from before the column existed
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -117,8 +151,8 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             cur = self._conn.execute(
                 "INSERT INTO submissions (id, webhook_id, submission_id, learner_id,"
-                " assignment_id, callback_url, name, notebook, sha256, response, received_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(webhook_id) DO NOTHING",
+                " assignment_id, callback_url, lti, name, notebook, sha256, response,"
+                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(webhook_id) DO NOTHING",
                 (
                     sub.id,
                     sub.webhook_id,
@@ -126,6 +160,7 @@ class Database:
                     sub.learner_id,
                     sub.assignment_id,
                     sub.callback_url,
+                    sub.lti,
                     sub.name,
                     sub.notebook,
                     sub.sha256,
@@ -203,9 +238,10 @@ class Database:
         error: str | None,
         reused_from: str | None = None,
         callback: Callback | None = None,
+        score: LtiScore | None = None,
         finished_at: float | None = None,
     ) -> None:
-        """Record the outcome and queue its callback, atomically."""
+        """Record the outcome and queue its callback and its LTI Score, atomically."""
         now = time.time() if finished_at is None else finished_at
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -220,37 +256,65 @@ class Database:
                     " created_at) VALUES (?,?,?,?,?,?) ON CONFLICT(submission) DO NOTHING",
                     (sub_id, callback.webhook_id, callback.url, callback.body, now, now),
                 )
+            if score is not None:
+                self._conn.execute(
+                    "INSERT INTO lti_outbox (submission, issuer, lineitem, body, next_attempt_at,"
+                    " created_at) VALUES (?,?,?,?,?,?) ON CONFLICT(submission) DO NOTHING",
+                    (sub_id, score.issuer, score.lineitem, score.body, now, now),
+                )
 
-    # -- callbacks ------------------------------------------------------------------------
-    def due_callbacks(self, limit: int, exclude: set[int]) -> list[sqlite3.Row]:
+    # -- callbacks and LTI Scores (``table``: one of OUTBOXES) ------------------------------
+    def due_callbacks(
+        self, limit: int, exclude: set[int], table: str = "outbox"
+    ) -> list[sqlite3.Row]:
+        assert table in OUTBOXES
         with self._lock:
             rows = self._conn.execute(
-                "SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+                f"SELECT * FROM {table} WHERE status = 'pending' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?",
                 (time.time(), limit + len(exclude)),
             ).fetchall()
         return [r for r in rows if r["seq"] not in exclude][:limit]
 
-    def next_callback_at(self) -> float | None:
+    def next_callback_at(self, table: str = "outbox") -> float | None:
+        assert table in OUTBOXES
         with self._lock:
             row = self._conn.execute(
-                "SELECT MIN(next_attempt_at) AS t FROM outbox WHERE status = 'pending'"
+                f"SELECT MIN(next_attempt_at) AS t FROM {table} WHERE status = 'pending'"
             ).fetchone()
         return row["t"]
 
-    def callback_done(self, seq: int, *, status: str, http_status: int | None, error: str) -> None:
+    def callback_done(
+        self,
+        seq: int,
+        *,
+        status: str,
+        http_status: int | None,
+        error: str,
+        table: str = "outbox",
+    ) -> None:
         """Delivered, or given up ('dead'): either way no more attempts."""
+        assert table in OUTBOXES
         with self._lock, self._conn:
             self._conn.execute(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, delivered_at = ?,"
+                f"UPDATE {table} SET status = ?, attempts = attempts + 1, delivered_at = ?,"
                 " last_status = ?, last_error = ? WHERE seq = ?",
                 (status, time.time() if status == "delivered" else None, http_status, error, seq),
             )
 
-    def callback_retry(self, seq: int, *, at: float, http_status: int | None, error: str) -> None:
+    def callback_retry(
+        self,
+        seq: int,
+        *,
+        at: float,
+        http_status: int | None,
+        error: str,
+        table: str = "outbox",
+    ) -> None:
+        assert table in OUTBOXES
         with self._lock, self._conn:
             self._conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?,"
+                f"UPDATE {table} SET attempts = attempts + 1, next_attempt_at = ?,"
                 " last_status = ?, last_error = ? WHERE seq = ?",
                 (at, http_status, error, seq),
             )
@@ -265,14 +329,18 @@ class Database:
                 " s.finished_at, o.status AS cb_status, o.attempts AS cb_attempts,"
                 " o.webhook_id AS cb_webhook_id, o.delivered_at AS cb_delivered_at,"
                 " o.last_status AS cb_last_status, o.last_error AS cb_last_error,"
+                " l.status AS lti_status, l.attempts AS lti_attempts, l.lineitem AS lti_lineitem,"
+                " l.delivered_at AS lti_delivered_at, l.last_status AS lti_last_status,"
+                " l.last_error AS lti_last_error, s.lti,"
                 " s.callback_url FROM submissions s LEFT JOIN outbox o ON o.submission = s.id"
+                " LEFT JOIN lti_outbox l ON l.submission = s.id"
                 " WHERE s.id = ?",
                 (sub_id,),
             ).fetchone()
         return dict(row) if row is not None else None
 
     def counts(self) -> dict[str, int]:
-        """How many submissions are in each state, and how many callbacks wait."""
+        """How many submissions are in each state, and how many callbacks and Scores wait."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT status, COUNT(*) AS n FROM submissions GROUP BY status"
@@ -280,7 +348,11 @@ class Database:
             pending = self._conn.execute(
                 "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'"
             ).fetchone()
+            scores = self._conn.execute(
+                "SELECT COUNT(*) AS n FROM lti_outbox WHERE status = 'pending'"
+            ).fetchone()
         counts = {s: 0 for s in ("queued", "running", "graded", "failed")}
         counts.update({r["status"]: r["n"] for r in rows})
         counts["callbacks_pending"] = pending["n"]
+        counts["scores_pending"] = scores["n"]
         return counts

@@ -1,10 +1,11 @@
-"""Grading slots: pull queued submissions from the database, grade, record, queue the callback.
+"""Grading slots: pull queued submissions from the database, grade, record, queue deliveries.
 
 The database is the queue. Intake only commits a row and wakes the slots; a slot claims the
-oldest queued row, grades it, and writes the result and its callback in one transaction. A
-notebook whose content was graded before under the same rubric is answered from that grade
-(learners resubmit unchanged work often). A row that keeps killing the service (its attempts
-counter grows with every claim, restarts included) is marked failed instead of looping.
+oldest queued row, grades it, and writes the result, its callback and its LTI Score in one
+transaction. A notebook whose content was graded before under the same rubric is answered
+from that grade (learners resubmit unchanged work often). A row that keeps killing the
+service (its attempts counter grows with every claim, restarts included) is marked failed
+instead of looping.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from grader.errors import GraderError
 from grader.models import GradeResult
-from grader.service import callback
+from grader.service import callback, lti
 from grader.service.db import Database
 from grader.service.grading import Grader
 from grader.service.settings import Settings
@@ -166,6 +167,13 @@ class Dispatcher:
                 error=result.error or None,
                 finished_at=finished,
             )
+        score = lti.build_score(
+            row,
+            score=result.score,
+            max_score=result.max_score,
+            comment=_comment(result),
+            finished_at=finished,
+        )
         await asyncio.to_thread(
             self.db.finish,
             row["id"],
@@ -176,9 +184,10 @@ class Dispatcher:
             error=result.error or None,
             reused_from=reused_from,
             callback=cb,
+            score=score,
             finished_at=finished,
         )
-        if cb is not None:
+        if cb is not None or score is not None:
             self.on_callback()
 
     async def _fail(self, row: Any, error: str) -> None:
@@ -194,6 +203,9 @@ class Dispatcher:
                 error=error,
                 finished_at=finished,
             )
+        score = lti.build_score(
+            row, score=None, max_score=None, comment=f"Not graded: {error}", finished_at=finished
+        )
         await asyncio.to_thread(
             self.db.finish,
             row["id"],
@@ -203,7 +215,8 @@ class Dispatcher:
             result=None,
             error=error,
             callback=cb,
+            score=score,
             finished_at=finished,
         )
-        if cb is not None:
+        if cb is not None or score is not None:
             self.on_callback()

@@ -5,6 +5,8 @@ Every row is sent with the same body and ``webhook-id`` on every attempt (a fres
 410 Gone and hosts no longer on the allowlist are given up at once; anything else (errors,
 timeouts, 5xx, redirects, which are never followed) is retried after
 ``backoff * 2**attempt`` seconds with jitter, capped, until ``callback_max_attempts``.
+The loop that schedules the rows (`DeliveryLoop`) also delivers the LTI Scores
+(`grader.service.score_outbox`), from their own table.
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return delay * random.uniform(0.75, 1.25)
 
 
-class Outbox:
-    """The delivery loop; ``wake()`` when a new callback was committed."""
+class DeliveryLoop:
+    """Delivers the due rows of one outbox table, a few at a time; ``wake()`` on a new row.
+
+    Subclasses say how one row is attempted (`_attempt`); the loop owns the schedule: which
+    rows are due, how many are in flight, and when to look again.
+    """
+
+    table = "outbox"
+    name = "callback-outbox"
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -56,7 +65,7 @@ class Outbox:
             trust_env=False,  # no proxies from the environment
             headers={"user-agent": f"mbgd-grader/{__version__}"},
         )
-        self._task = asyncio.create_task(self._run(), name="callback-outbox")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -74,12 +83,14 @@ class Outbox:
                 room = CONCURRENCY * 2 - len(self._inflight)
                 try:
                     rows = (
-                        await asyncio.to_thread(self.db.due_callbacks, room, set(self._inflight))
+                        await asyncio.to_thread(
+                            self.db.due_callbacks, room, set(self._inflight), self.table
+                        )
                         if room > 0
                         else []
                     )
                 except Exception:  # logged: keep delivering after a transient DB error
-                    log.exception("outbox: could not read due callbacks")
+                    log.exception("%s: could not read due rows", self.name)
                     rows = []
                 for row in rows:
                     self._inflight.add(row["seq"])
@@ -89,7 +100,7 @@ class Outbox:
                 if rows:
                     await asyncio.sleep(0)
                     continue
-                next_at = await asyncio.to_thread(self.db.next_callback_at)
+                next_at = await asyncio.to_thread(self.db.next_callback_at, self.table)
                 wait = 2.0
                 if next_at is not None and next_at > time.time():
                     wait = max(0.05, min(2.0, next_at - time.time()))
@@ -105,10 +116,17 @@ class Outbox:
             async with self._sem:
                 await self._attempt(row)
         except Exception:
-            log.exception("outbox: delivery of %s failed unexpectedly", row["webhook_id"])
+            log.exception("%s: delivery of row %s failed unexpectedly", self.name, seq)
         finally:
             self._inflight.discard(seq)
             self._wake.set()
+
+    async def _attempt(self, row: Any) -> None:
+        raise NotImplementedError
+
+
+class Outbox(DeliveryLoop):
+    """Signed callbacks to each submission's ``callback_url``."""
 
     async def _attempt(self, row: Any) -> None:
         seq, url, attempt = row["seq"], row["url"], row["attempts"] + 1

@@ -9,6 +9,33 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Status = Literal["queued", "running", "graded", "failed"]
 
 
+class LtiTarget(BaseModel):
+    """Where the LTI 1.3 AGS Score goes: the launch's platform, line item and user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(
+        min_length=1, max_length=2048, description="The launch's `iss`: a registered platform."
+    )
+    lineitem: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="The AGS claim's `lineitem` URL; the Score is posted to `{lineitem}/scores`.",
+    )
+    user_id: str = Field(
+        min_length=1, max_length=256, description="The launch's `sub`: the AGS `userId`."
+    )
+
+    @field_validator("issuer", "lineitem", "user_id")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+        return value
+
+
 class SubmissionIn(BaseModel):
     """What the LMS posts. Exactly one of ``notebook`` and ``notebook_base64``."""
 
@@ -29,6 +56,11 @@ class SubmissionIn(BaseModel):
         default=None,
         max_length=2048,
         description="Where to POST the signed result; its host must be allowed by the service.",
+    )
+    lti: LtiTarget | None = Field(
+        default=None,
+        description="Post the grade to this LTI 1.3 platform's gradebook (AGS), instead of or "
+        "besides `callback_url`.",
     )
 
     @field_validator("submission_id", "learner_id", "assignment_id", "callback_url")
@@ -60,6 +92,19 @@ class CallbackState(BaseModel):
     last_error: str | None = None
 
 
+class LtiState(BaseModel):
+    """The AGS Score's delivery: ``dead`` means given up, ``last_error`` says why."""
+
+    status: Literal["waiting", "pending", "delivered", "dead"]
+    issuer: str
+    lineitem: str
+    user_id: str
+    attempts: int = 0
+    delivered_at: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+
 class SubmissionState(BaseModel):
     """``GET /v1/submissions/{id}``: where a submission is, and its results.json once graded."""
 
@@ -81,6 +126,7 @@ class SubmissionState(BaseModel):
         description="Another submission with the same notebook whose grade was reused.",
     )
     callback: CallbackState | None = None
+    lti: LtiState | None = None
 
 
 class Health(BaseModel):
@@ -91,6 +137,7 @@ class Health(BaseModel):
     graded: int
     failed: int
     callbacks_pending: int
+    scores_pending: int = 0
 
 
 class ErrorItem(BaseModel):

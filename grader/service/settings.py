@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from grader.errors import UsageError
 from grader.execution.limits import RunLimits
 from grader.service.signing import DEFAULT_TOLERANCE, parse_secrets
+
+if TYPE_CHECKING:
+    from grader.service.lti_config import LtiConfig
 
 ENV_WEBHOOK_SECRET = "MBGD_WEBHOOK_SECRET"
 ENV_CALLBACK_SECRET = "MBGD_CALLBACK_SECRET"
@@ -48,6 +51,8 @@ class Settings:
     # Seconds one notebook may run in total (its RunLimits.total_timeout), locally or on a
     # worker; in broker mode it also sizes the task's time limits and the wait for its answer.
     grade_timeout: float = DEFAULT_GRADE_TIMEOUT
+    # LTI 1.3 platform registrations (--lti-config / MBGD_LTI_CONFIG): None when LTI is off.
+    lti: LtiConfig | None = None
 
     def callback_host_allowed(self, url: str) -> bool:
         """True when ``url`` is http(s) to a host (or host:port) on the allowlist."""
@@ -92,6 +97,7 @@ def from_environment(
     db: str | None = None,
     broker: str | None = None,
     slots: int | None = None,
+    lti_config: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     """Settings from CLI values plus ``MBGD_*`` environment variables; explain what is missing."""
@@ -107,6 +113,15 @@ def from_environment(
         callback_keys = parse_secrets(env.get(ENV_CALLBACK_SECRET, ""))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+    lti = None
+    lti_path = lti_config or env.get("MBGD_LTI_CONFIG", "")
+    if lti_path:
+        from grader.service.lti_config import LtiConfigError, load
+
+        try:
+            lti = load(lti_path)
+        except LtiConfigError as exc:
+            raise SettingsError(str(exc)) from None
     hosts = frozenset(
         h.strip().lower() for h in env.get(ENV_ALLOWED_HOSTS, "").split(",") if h.strip()
     )
@@ -132,4 +147,5 @@ def from_environment(
         ),
         callback_timeout=_env_float(env, "MBGD_CALLBACK_TIMEOUT", default["callback_timeout"]),
         grade_timeout=_env_float(env, "MBGD_GRADE_TIMEOUT", default["grade_timeout"]),
+        lti=lti,
     )

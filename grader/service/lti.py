@@ -1,0 +1,212 @@
+"""LTI 1.3 Assignment and Grade Services: post a Score to a platform's line item.
+
+The tool authenticates with OAuth 2 client credentials and a signed JWT client assertion
+(``private_key_jwt``, RFC 7523, as the 1EdTech Security Framework asks): Authlib builds and
+signs the assertion, this module sends it, keeps the access token per platform until it
+expires (or until the platform answers 401), and POSTs the Score to ``{lineitem}/scores``.
+Everything a platform sends back is read with a size cap; redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from authlib.oauth2.rfc6749.parameters import prepare_token_request
+from authlib.oauth2.rfc6749.wrappers import OAuth2Token
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from authlib.oauth2.rfc7523.client import ASSERTION_TYPE
+
+from grader.service.callback import ags_score
+from grader.service.db import LtiScore
+from grader.service.lti_config import Platform
+
+SCOPE_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+SCORE_MEDIA_TYPE = "application/vnd.ims.lis.v1.score+json"
+ASSERTION_LIFETIME = 300  # seconds: the assertion is used at once, a short life limits replay
+TOKEN_LEEWAY = 30  # seconds before its expiry that a cached token is renewed
+MAX_TOKEN_RESPONSE = 64 * 1024
+MAX_ERROR_TEXT = 300
+
+
+class TokenError(Exception):
+    """The platform's token endpoint did not give us an access token; the text says why."""
+
+
+def scores_url(lineitem: str) -> str:
+    """The Score endpoint of a line item: ``/scores`` appended to its path, before any query.
+
+    AGS line item URLs may carry a query (``.../lineitems/7?type_id=1``); the scores URL keeps
+    it after the new path segment. A fragment is never sent.
+    """
+    parts = urlsplit(lineitem)
+    path = parts.path.rstrip("/") + "/scores"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt to post a Score: the HTTP status (None when none came) and what it means."""
+
+    status: int | None
+    error: str
+    retry_after: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def final(self) -> bool:
+        """A 4xx other than 401 (token) and 429 (slow down): sending again cannot help."""
+        status = self.status
+        return status is not None and 400 <= status < 500 and status not in (401, 429)
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > cap:
+            raise TokenError(f"the token endpoint sent more than {cap} bytes")
+    return bytes(data)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(min(int(value.strip()), 3600))
+
+
+class AgsClient:
+    """Posts Scores for every registered platform; one cached access token per platform."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self._tokens: dict[str, OAuth2Token] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def forget_token(self, platform: Platform) -> None:
+        """The platform refused the token (401): the next attempt fetches a new one."""
+        self._tokens.pop(platform.issuer, None)
+
+    def client_assertion(self, platform: Platform) -> str:
+        """A fresh signed JWT: iss = sub = client_id, aud = the token URL, unique jti."""
+        return str(
+            private_key_jwt_sign(
+                platform.private_key,
+                client_id=platform.client_id,
+                token_endpoint=platform.auth_token_url,
+                alg="RS256",
+                header={"kid": platform.key_id, "typ": "JWT"},
+                expires_in=ASSERTION_LIFETIME,
+            )
+        )
+
+    async def token(self, platform: Platform) -> str:
+        """A valid access token for ``platform``: the cached one, or a new one."""
+        lock = self._locks.setdefault(platform.issuer, asyncio.Lock())
+        async with lock:  # many scores due at once share one token request
+            cached = self._tokens.get(platform.issuer)
+            if cached is not None and not cached.is_expired(leeway=TOKEN_LEEWAY):
+                return str(cached["access_token"])
+            token = await self._fetch_token(platform)
+            self._tokens[platform.issuer] = token
+            return str(token["access_token"])
+
+    async def _fetch_token(self, platform: Platform) -> OAuth2Token:
+        body = prepare_token_request(
+            "client_credentials",
+            scope=SCOPE_SCORE,
+            client_assertion_type=ASSERTION_TYPE,
+            client_assertion=self.client_assertion(platform),
+        )
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "accept": "application/json",
+        }
+        try:
+            async with self.client.stream(
+                "POST", platform.auth_token_url, content=body.encode("ascii"), headers=headers
+            ) as response:
+                raw = await _read_capped(response, MAX_TOKEN_RESPONSE)
+                status = response.status_code
+        except httpx.HTTPError as exc:
+            raise TokenError(f"token endpoint: {type(exc).__name__}: {exc}"[:500]) from None
+        text = raw.decode("utf-8", "replace")
+        if status != 200:
+            raise TokenError(f"token endpoint answered HTTP {status}: {text[:MAX_ERROR_TEXT]}")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise TokenError("token endpoint: the answer is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+            raise TokenError("token endpoint: the answer has no access_token")
+        if str(data.get("token_type", "bearer")).lower() != "bearer":
+            raise TokenError(f"token endpoint: token_type {data.get('token_type')!r}, not Bearer")
+        expires_in = data.get("expires_in")
+        if expires_in is not None and not isinstance(expires_in, int):
+            data.pop("expires_in")  # unusable: rely on the platform's 401 to renew it
+        data.pop("expires_at", None)
+        return OAuth2Token.from_dict(data)
+
+    async def post_score(self, platform: Platform, lineitem: str, score: bytes) -> Outcome:
+        """One attempt: token, then POST; never raises for what the platform does."""
+        try:
+            token = await self.token(platform)
+        except TokenError as exc:
+            return Outcome(status=None, error=str(exc))
+        headers = {
+            "authorization": f"Bearer {token}",
+            "content-type": SCORE_MEDIA_TYPE,
+        }
+        try:
+            async with self.client.stream(
+                "POST", scores_url(lineitem), content=score, headers=headers
+            ) as response:
+                status = response.status_code
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                detail = b""
+                if status >= 300:
+                    async for chunk in response.aiter_bytes():
+                        detail += chunk
+                        if len(detail) > MAX_ERROR_TEXT:
+                            break
+        except httpx.HTTPError as exc:
+            return Outcome(status=None, error=f"{type(exc).__name__}: {exc}"[:500])
+        if status == 401:
+            self.forget_token(platform)
+        error = "" if 200 <= status < 300 else f"HTTP {status}"
+        text = detail[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
+        if text:
+            error += f": {text}"
+        return Outcome(status=status, error=error, retry_after=retry_after)
+
+
+def score_body(score: dict[str, Any]) -> bytes:
+    """The bytes posted, fixed once: every retry, after any restart, sends the same Score."""
+    return json.dumps(score, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def build_score(
+    row: Any, *, score: float | None, max_score: float | None, comment: str, finished_at: float
+) -> LtiScore | None:
+    """The Score row for a finished submission with an LTI target (``row``: its database row).
+
+    ``userId`` is the launch's ``sub`` from the target, not the LMS's own learner id.
+    """
+    if not row["lti"]:
+        return None
+    target = json.loads(row["lti"])
+    body = ags_score(
+        learner_id=target["user_id"],
+        score=score,
+        max_score=max_score,
+        comment=comment,
+        timestamp=finished_at,
+    )
+    return LtiScore(issuer=target["issuer"], lineitem=target["lineitem"], body=score_body(body))
