@@ -9,10 +9,10 @@ OUT     ?= reports
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[test]'
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[all,test]'
 	touch $(STAMP)
 
-## setup: create .venv and install the project with its pinned test dependencies
+## setup: create .venv and install the project, every extra and the pinned test dependencies
 setup: system-deps $(STAMP)
 
 ## system-deps: Debian packages (bubblewrap, redis-server, chromium) when running as root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,21 @@ from grader.execution.limits import RunLimits
 # The budgets' defaults live in RunLimits; the help texts show them from there.
 TOTAL_TIMEOUT = f"{RunLimits.model_fields['total_timeout'].default:g}"
 CELL_TIMEOUT = f"{RunLimits.model_fields['cell_timeout'].default:g}"
+
+
+def require_extra(extra: str, command: str, *modules: str) -> None:
+    """A clear usage error naming the extra to install when a command's libraries are missing
+    (a learner's `pip install mbgd-grader` has neither the service nor Celery)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            missing = error.name or name
+            raise click.UsageError(
+                f"`mbgd-grader {command}` needs the '{extra}' extra ({missing} is not "
+                f"installed): install mbgd-grader[{extra}], e.g. "
+                f"pip install 'mbgd-grader[{extra}]'"
+            ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +90,7 @@ def serve(
     lti_config: str | None,
 ) -> None:
     """Run the LMS webhook service (secrets come from MBGD_* environment variables)."""
+    require_extra("service", "serve", "fastapi", "uvicorn", "httpx")
     import logging
 
     import uvicorn
@@ -167,6 +184,8 @@ def grade(
     from grader.errors import UsageError
     from grader.pipeline import GradeOptions
 
+    if broker:
+        require_extra("celery", "grade --broker", "celery", "redis")
     limits = RunLimits(require_sandbox=require_sandbox)
     if timeout is not None:
         limits = limits.model_copy(update={"total_timeout": timeout})
@@ -219,6 +238,7 @@ def worker(
     loglevel: str,
 ) -> None:
     """Grade notebooks sent by `mbgd-grader grade --broker URL` (run on any number of hosts)."""
+    require_extra("celery", "worker", "celery", "redis")
     import os
 
     from grader.remote import DEFAULT_TOTAL_TIMEOUT, run_worker
@@ -288,6 +308,9 @@ def xqueue(
     import logging
     import os
 
+    require_extra("xqueue", "xqueue", "httpx")
+    if broker:
+        require_extra("celery", "xqueue --broker", "celery", "redis")
     from grader.errors import UsageError
     from grader.pipeline import GradeOptions
     from grader.xqueue.worker import Settings, run

@@ -140,6 +140,7 @@ class GradeResult(BaseModel):
     integrity: IntegrityStatus = "not_checked"
     sandbox: str = ""
     grader_version: str = ""
+    torch_version: str = ""  # of the grading process and its kernels
     rubric_name: str = ""
     execution: Execution | None = None
     learner_curves: list[Curve] = Field(default_factory=list)

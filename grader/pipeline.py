@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from grader import __version__
+from grader.execution.portable import run_sync
 from grader.execution.runner import KernelSource, RunLimits, execute_async
 from grader.grading.checks import evaluate
 from grader.grading.compare import Tolerance, starts_with
@@ -93,6 +94,14 @@ def _status(result: GradeResult, execution: Execution) -> str:
     if execution.fate == "timeout":
         return "timeout"
     return "crashed"
+
+
+def _torch_version() -> str:
+    """The torch of this process, which is the kernels' too (they run the same Python): the
+    one that computed both the learner's numbers and the expected ones."""
+    import torch  # already imported by `reference`
+
+    return str(torch.__version__)
 
 
 RERUN_FAILED = "the secret-seed re-run failed inside the grader (not the learner's doing)"
@@ -220,6 +229,7 @@ async def grade_submission(
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name
     result.grader_version = __version__
+    result.torch_version = _torch_version()
     result.seconds = seconds
     return result
 
@@ -250,4 +260,4 @@ def grade(
     pool: KernelSource | None = None,
 ) -> GradeResult:
     """Synchronous `grade_async`, for scripts and the pytest plugin."""
-    return asyncio.run(grade_async(source, name, options, pool=pool))
+    return run_sync(grade_async(source, name, options, pool=pool))

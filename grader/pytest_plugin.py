@@ -71,6 +71,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="grade up to N notebooks at once (default 1)",
     )
+    group.addoption(
+        "--mbgd-portable",
+        dest="mbgd_portable",
+        action="store_true",
+        default=False,
+        help="run the notebook in a plain kernel, without the Linux sandbox (what Windows and "
+        "macOS always do)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,9 +104,22 @@ def pytest_configure(config: pytest.Config) -> None:
     if jobs < 1:
         raise pytest.UsageError("--mbgd-notebook-jobs must be at least 1")
     grading = NotebookGrading(
-        notebooks, rubric, rubric_path, Path(feedback_dir) if feedback_dir else None, jobs
+        notebooks,
+        rubric,
+        rubric_path,
+        Path(feedback_dir) if feedback_dir else None,
+        jobs,
+        portable=bool(config.getoption("mbgd_portable")) or not _sandbox_fits_torch(),
     )
     config.pluginmanager.register(grading, PLUGIN_NAME)
+
+
+def _sandbox_fits_torch() -> bool:
+    """A learner's CUDA build of torch cannot load in the sandbox: their machine gets the
+    portable kernel rather than a failed import (`grader.execution.portable`)."""
+    from grader.execution.portable import torch_fits_the_sandbox
+
+    return torch_fits_the_sandbox()
 
 
 def expand_notebooks(paths: list[str]) -> list[Path]:
@@ -135,6 +156,8 @@ class NotebookGrading:
         rubric_path: str | None,
         out: Path | None,
         jobs: int = 1,
+        *,
+        portable: bool = False,
     ) -> None:
         self.notebooks = set(notebooks)
         self.rubric = rubric
@@ -145,6 +168,7 @@ class NotebookGrading:
         self.pool: ThreadPoolExecutor | None = None
         self.kernels: KernelPool | None = None  # the warm kernel pool, passed to every grade
         self.warm = contextlib.ExitStack()  # closes it at the end of the session
+        self.portable = portable  # --mbgd-portable: no sandbox, no warm pool
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
@@ -155,10 +179,14 @@ class NotebookGrading:
         wanted = list(dict.fromkeys(i.notebook for i in items if isinstance(i, CheckItem)))
         if len(wanted) < 2:
             return
+        from grader.execution.limits import RunLimits
         from grader.execution.pool import warm_pool
+        from grader.execution.portable import use_portable
 
-        # several notebooks: pay kernel start-up once (None where the sandbox allows no pool)
-        self.kernels = self.warm.enter_context(warm_pool())
+        # several notebooks: pay kernel start-up once (None where the sandbox allows no pool,
+        # and no pool at all for portable kernels)
+        if not use_portable(RunLimits(portable=self.portable)):
+            self.kernels = self.warm.enter_context(warm_pool())
         self.pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="mbgd-grade")
         for file in wanted:
             file.future = self.pool.submit(file.grade_once)
@@ -213,6 +241,11 @@ class NotebookGrading:
                 "that is expected on your own computer.",
                 yellow=True,
             )
+        from grader.reports.feedback import torch_note
+
+        versions = sorted({f.outcome.torch_version for f in graded if _graded(f.outcome)})
+        for note in filter(None, map(torch_note, versions)):
+            write(f"mbgd-grader: note: {note}", yellow=True)
 
 
 def _graded(outcome: object) -> TypeGuard[GradeResult]:
@@ -266,9 +299,11 @@ class NotebookFile(pytest.File):
 
     def grade_once(self) -> GradeResult | BaseException:
         try:
+            from grader.execution.limits import RunLimits
             from grader.pipeline import GradeOptions, grade  # heavy: only when grading
 
-            options = GradeOptions(rubric_path=self.grading.rubric_path)
+            limits = RunLimits(portable=self.grading.portable)
+            options = GradeOptions(rubric_path=self.grading.rubric_path, limits=limits)
             pool = self.grading.kernels
             result = grade(self.path, name=self.path.name, options=options, pool=pool)
         # A GraderError (no sandbox, say), or a bug a learner's notebook led the grader into:

@@ -16,7 +16,8 @@ killed, so nothing a learner does (globals, monkeypatches, files, threads) reach
 
 There is no pool by default: a door that grades many notebooks opens one (`open_pool`, or
 `warm_pool()` for the length of a command) and passes it down (`pipeline.grade(...,
-pool=pool)`). The pool needs root and bwrap (`KernelPool.available()`); without them
+pool=pool)`). The pool needs Linux, root and bwrap (`KernelPool.available()`), and never
+serves a portable run (`grader.execution.portable`); without them
 `open_pool` gives None and every notebook gets a fresh kernel. When a pool that was opened
 cannot hand out a kernel (its zygote does not start, a spawn fails), `execute_async` starts a
 fresh kernel instead and says so in the Execution's notes.
@@ -164,7 +165,8 @@ class KernelPool:
 
     @staticmethod
     def available() -> bool:
-        return find_bwrap() is not None and os.geteuid() == 0
+        linux = sys.platform.startswith("linux")  # os.geteuid: POSIX only
+        return linux and find_bwrap() is not None and os.geteuid() == 0
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the zygote and wait until it has imported everything. Idempotent."""
@@ -180,8 +182,8 @@ class KernelPool:
             return
         self._stop_locked()  # a dead zygote: clear it away before starting a new one
         bwrap = find_bwrap()
-        if bwrap is None or os.geteuid() != 0:
-            raise PoolUnavailable("the warm pool needs bwrap and root")
+        if bwrap is None or not self.available():
+            raise PoolUnavailable("the warm pool needs Linux, bwrap and root")
         self.pool_dir = Path(tempfile.mkdtemp(prefix="mbgd-p", dir="/tmp"))
         self.pool_dir.chmod(0o700)
         home = self.pool_dir / "zygote"

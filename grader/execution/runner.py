@@ -1,7 +1,8 @@
 """Execute one notebook in a fresh sandboxed kernel and report what happened as an Execution.
 
 nbclient runs the learner's cells one at a time in a kernel from `grader.execution.sandbox` (or
-from a warm `grader.execution.pool.KernelPool`), with the in-kernel probe
+from a warm `grader.execution.pool.KernelPool`, or, on a learner's own computer, from
+`grader.execution.portable`: same cells, probe and Execution, no sandbox), with the in-kernel probe
 (`grader.execution.probe_reader`) installed silently first so cell indices stay the learner's.
 Budgets are enforced here, not by nbclient: each cell races its timeout and the kernel process's
 exit, so a hung cell becomes "timeout" and a dead kernel "died" (or "oom"), always against the
@@ -16,7 +17,8 @@ state; stdin is never offered, so `input()` fails at once; and every wait on the
 deadline that is checked for every message read, so a flood cannot hold a loop open past it.
 
 `execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
-`require_sandbox` is set and bwrap is missing) and genuine harness bugs escape.
+`require_sandbox` is set and bwrap is missing, or the run would be portable) and genuine
+harness bugs escape.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from grader.execution.kernel_client import (
 )
 from grader.execution.limits import RunLimits
 from grader.execution.pool import PoolUnavailable
+from grader.execution.portable import PortableKernel, run_sync, use_portable
 from grader.execution.probe_reader import (
     FLUSH_CODE,
     INPUT_MESSAGE,
@@ -220,13 +223,16 @@ def pool_note(problem: PoolUnavailable) -> str:
 
 async def _start_kernel(limits: RunLimits, pool: KernelSource | None, notes: list[str]) -> Kernel:
     """A started kernel: forked from `pool` when one is given, else a fresh one. A fresh one
-    too when the pool fails (the run is as sound, only slower): that goes into `notes`."""
-    if pool is not None:
+    too when the pool fails (the run is as sound, only slower): that goes into `notes`.
+    The portable kernel (`grader.execution.portable.use_portable`) never comes from a pool."""
+    portable = use_portable(limits)
+    if pool is not None and not portable:
         try:
             return await pool.acquire(limits)
         except PoolUnavailable as problem:
             notes.append(pool_note(problem))
-    kernel = SandboxedKernel(limits)
+    kernel: PortableKernel | SandboxedKernel
+    kernel = PortableKernel(limits) if portable else SandboxedKernel(limits)
     try:
         kernel.start()
     except BaseException:
@@ -320,4 +326,4 @@ def execute(
     pool: KernelSource | None = None,
 ) -> Execution:
     """Synchronous wrapper around `execute_async` (runs its own event loop)."""
-    return asyncio.run(execute_async(nb, limits, seed_override=seed_override, pool=pool))
+    return run_sync(execute_async(nb, limits, seed_override=seed_override, pool=pool))

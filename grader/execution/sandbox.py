@@ -17,7 +17,9 @@ process started under bubblewrap when `bwrap` is available:
 
 Without bwrap the kernel runs with the same scrubbed environment and rlimits only (no
 RLIMIT_NPROC, which would count the harness's own processes), and `describe()` says so;
-`RunLimits.require_sandbox` turns that into `SandboxUnavailable`.
+`RunLimits.require_sandbox` turns that into `SandboxUnavailable`. The runner no longer starts
+such a kernel: without bwrap it takes `grader.execution.portable` (issue 17), since a CUDA
+build of torch cannot load under RLIMIT_AS.
 
 Teardown does not ask the kernel to shut down: it SIGKILLs the process tree and every process
 of the leased uid, then deletes the work dir.

@@ -9,7 +9,6 @@ is known to be stale.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import shutil
@@ -28,6 +27,8 @@ class UidLease:
     """An unprivileged uid used by exactly one live kernel on this machine (flock-guarded)."""
 
     def __init__(self) -> None:
+        import fcntl  # POSIX only: imported where a lease is taken (as root under bwrap)
+
         LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         start = secrets.randbelow(UID_SLOTS)
         for step in range(UID_SLOTS):
@@ -62,6 +63,8 @@ def sweep_stale_workdirs(force: bool = False) -> list[Path]:
     if _swept.is_set() and not force:
         return []
     _swept.set()
+    import fcntl  # POSIX only, as in UidLease
+
     removed = []
     for path in Path("/tmp").glob("mbgd-[0-9]*-*"):
         uid = path.name.split("-")[1]

@@ -17,6 +17,10 @@ what a kernel can make the harness hold is bounded by the high-water marks times
 Relaying is flow-controlled both ways (a side that does not read pauses the other), so the
 guard itself holds at most a transport buffer per direction.
 
+The portable kernel (`grader.execution.portable`, a learner's own computer) speaks tcp on
+loopback, since Windows has no ipc transport: its guard listens on loopback ports the OS picks
+and relays to the kernel's ports, with the same framing rules.
+
 Cost: one extra hop through the event loop, and a few Python operations per frame header;
 frame bodies are skipped by arithmetic, not looked at.
 """
@@ -42,6 +46,7 @@ CONNECT_RETRY = 0.01  # seconds between tries while the kernel has not bound its
 WRITE_HIGH_WATER = 256 << 10  # bytes a relay buffers before it pauses the other side
 GREETING_BYTES = 64
 NULL_MECHANISM = b"NULL" + bytes(16)
+LOOPBACK = "127.0.0.1"
 
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 
@@ -190,13 +195,19 @@ class _Side(asyncio.Protocol):
         self.guard.side_lost(self)
 
 
+# A socket: a unix socket's path (the ipc transport), or (host, port) on tcp (the portable
+# kernel's transport, `grader.execution.portable`; port 0 when listening: the OS picks one).
+Endpoint = str | tuple[str, int]
+
+
 class ChannelGuard:
-    """Relays one channel between a private unix socket (the harness's) and the kernel's."""
+    """Relays one channel between the harness's socket (a private unix socket, or a port on
+    loopback for a tcp kernel) and the kernel's."""
 
     def __init__(
         self,
-        listen: str,
-        upstream: str,
+        listen: Endpoint,
+        upstream: Endpoint,
         framing: Framing | None = None,
         on_cut: Callable[[str], None] | None = None,
     ) -> None:
@@ -213,7 +224,19 @@ class ChannelGuard:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Side(self, None), self.listen)
+        if isinstance(self.listen, tuple):
+            host, port = self.listen
+            self._server = await loop.create_server(lambda: _Side(self, None), host, port)
+            self.listen = (host, int(self._server.sockets[0].getsockname()[1]))
+        else:
+            self._server = await loop.create_unix_server(lambda: _Side(self, None), self.listen)
+
+    async def _open_upstream(self, kernel: _Side) -> None:
+        loop = asyncio.get_running_loop()
+        if isinstance(self.upstream, tuple):
+            await loop.create_connection(lambda: kernel, *self.upstream)
+        else:
+            await loop.create_unix_connection(lambda: kernel, self.upstream)
 
     def side_made(self, side: _Side) -> None:
         if side.framing is not None:  # the kernel's end: _connect_upstream pairs it
@@ -228,11 +251,10 @@ class ChannelGuard:
 
     async def _connect_upstream(self, harness: _Side) -> None:
         """Reach the kernel's socket (it may still be booting); the harness waits meanwhile."""
-        loop = asyncio.get_running_loop()
         kernel = _Side(self, self.framing)
         while not self._closed:
             try:
-                await loop.create_unix_connection(lambda: kernel, self.upstream)
+                await self._open_upstream(kernel)
                 break
             except OSError:
                 await asyncio.sleep(CONNECT_RETRY)
@@ -270,8 +292,9 @@ class ChannelGuard:
                 side.transport.abort()
         if self._server is not None:
             self._server.close()
-        with contextlib.suppress(OSError):
-            Path(self.listen).unlink()
+        if isinstance(self.listen, str):
+            with contextlib.suppress(OSError):
+                Path(self.listen).unlink()
 
 
 _swept = False
@@ -299,13 +322,20 @@ class KernelGuard:
     CHANNELS = ("shell", "iopub")
 
     def __init__(self, connection: dict[str, object]) -> None:
+        self.problem: str | None = None
+        self.broken = asyncio.Event()
+        self.guards: dict[str, ChannelGuard] = {}
+        self.directory: Path | None = None
+        self.connection = dict(connection)  # final once started (tcp ports are picked then)
+        if connection.get("transport") == "tcp":
+            for channel in self.CHANNELS:
+                kernel = (str(connection["ip"]), int(str(connection[f"{channel}_port"])))
+                self.guards[channel] = ChannelGuard((LOOPBACK, 0), kernel, on_cut=self._cut)
+            return
         _sweep_stale_dirs()
         self.directory = Path(tempfile.mkdtemp(prefix=f"mbgd-guard-{os.getpid()}-", dir="/tmp"))
         base = str(self.directory / "g")
         self.connection = {**connection, "transport": "ipc", "ip": base}
-        self.problem: str | None = None
-        self.broken = asyncio.Event()
-        self.guards: dict[str, ChannelGuard] = {}
         for channel in self.CHANNELS:
             port = connection[f"{channel}_port"]
             upstream = f"{connection['ip']}-{port}"
@@ -313,7 +343,7 @@ class KernelGuard:
 
     @staticmethod
     def supports(connection: dict[str, object]) -> bool:
-        return connection.get("transport") == "ipc"
+        return connection.get("transport") in ("ipc", "tcp")
 
     def _cut(self, problem: str) -> None:
         if self.problem is None:
@@ -322,8 +352,11 @@ class KernelGuard:
 
     async def start(self) -> None:
         try:
-            for guard in self.guards.values():
+            for channel, guard in self.guards.items():
                 await guard.start()
+                if isinstance(guard.listen, tuple):
+                    host, port = guard.listen
+                    self.connection.update({"ip": host, f"{channel}_port": port})
         except BaseException:
             self.close()
             raise
@@ -331,4 +364,5 @@ class KernelGuard:
     def close(self) -> None:
         for guard in self.guards.values():
             guard.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from grader import TESTED_TORCH
 from grader.models import CellRun, GradeResult
 from grader.reports.plot import curves_data_uri
 from grader.reports.rendering import environment, write_atomic
@@ -50,9 +51,32 @@ def _output(result: GradeResult) -> str:
         lines.append(result.diagnosis)
     if result.answer_name:
         lines.append(f"Graded variable: {result.answer_name}")
-    if result.execution:
-        lines.extend(f"Note: {note}" for note in result.execution.notes)
+    lines.extend(f"Note: {note}" for note in _notes(result))
     return "\n".join(lines)
+
+
+def torch_note(version: str) -> str:
+    """A sentence for the verdict when `version` (GradeResult.torch_version) is not the tested
+    release; "" when it is, or is unknown. The build tag (`+cpu`, `+cu130`) does not count.
+
+    On a learner's own computer the notebook and the reference both run on the learner's
+    torch, so the verdict compares numbers of one build (docs/tolerance.md measures how far
+    builds differ)."""
+    if not version or version.split("+", 1)[0] == TESTED_TORCH:
+        return ""
+    return (
+        f"Graded with your torch {version}; the course's grader uses torch {TESTED_TORCH}. "
+        "Your numbers and the expected ones were both computed with your torch, so the verdict "
+        "is the same unless your code relies on something that changed between the two; the "
+        "numbers themselves may differ from the course's in the last digits."
+    )
+
+
+def _notes(result: GradeResult) -> list[str]:
+    """What the learner should know besides the checks: another torch than the tested one
+    first, then what the run noted."""
+    note = torch_note(result.torch_version)
+    return ([note] if note else []) + (list(result.execution.notes) if result.execution else [])
 
 
 def gradescope_json(result: GradeResult) -> dict:
@@ -87,6 +111,8 @@ def gradescope_json(result: GradeResult) -> dict:
             "integrity": result.integrity,
             "sandbox": result.sandbox,
             "grader_version": result.grader_version,
+            "torch_version": result.torch_version,
+            "tested_torch": TESTED_TORCH,
             "rubric": result.rubric_name,
             "error": result.error,
             "kernel": execution.fate if execution else None,
@@ -142,7 +168,7 @@ def feedback_html(result: GradeResult) -> str:
         plot=_plot(result),
         cells=cells,
         more_cells=total_bad - len(cells),
-        notes=result.execution.notes if result.execution else [],
+        notes=_notes(result),
         percent=(100 * result.score / result.max_score) if result.max_score > 0 else 0,
         full_marks=result.max_score > 0 and result.score >= result.max_score,
         all_passed=bool(result.checks) and all(c.passed for c in result.checks),

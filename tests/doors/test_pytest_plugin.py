@@ -286,7 +286,7 @@ def test_options_on_a_laptop_without_bubblewrap(pytester, monkeypatch):
     )
     assert (out / "my_lab" / "feedback.html").is_file()
     assert not (pytester.path / "my_lab-feedback").exists()
-    assert text.count("ran without a sandbox (rlimits-only") == 1  # said once
+    assert text.count("ran without a sandbox (portable kernel)") == 1  # said once
     assert "-- details (-vv) --" in text and "boom in the learner cell" in text
     assert "cell 2 raised runtimeerror" in text.lower()
     assert runs_log.read_text() == "ran\n"  # three items, one execution of the notebook

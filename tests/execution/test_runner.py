@@ -19,6 +19,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 import grader.execution.runner
 import grader.execution.sandbox
 import grader.execution.uids
+from grader.execution.portable import PORTABLE
 from grader.execution.runner import RunLimits, execute
 from reference import expected, make_data
 from tests.helpers import children_left
@@ -209,7 +210,7 @@ def test_execution_reports_sandbox_and_phases(lab_run) -> None:
     if BWRAP:
         assert lab_run.sandbox.startswith("bubblewrap")
     else:
-        assert lab_run.sandbox == "rlimits-only (bwrap not found)"
+        assert lab_run.sandbox == PORTABLE
     for name in ("kernel_start", "probe", "cells", "extraction", "teardown"):
         assert lab_run.phases[name] >= 0
     assert lab_run.phases["teardown"] < 2.0  # no graceful shutdown

@@ -20,9 +20,16 @@ import matplotlib.image
 import nbformat
 import pytest
 
+from grader import TESTED_TORCH
 from grader.grading.integrity import derive_seed
 from grader.models import CellRun, CheckResult, Curve, Execution, GradeResult
-from grader.reports.feedback import feedback_html, gradescope_json, short_traceback, write_reports
+from grader.reports.feedback import (
+    feedback_html,
+    gradescope_json,
+    short_traceback,
+    torch_note,
+    write_reports,
+)
 from grader.reports.plot import clean_label, curves_png
 from reference import LabSettings, expected, mistake_variants
 
@@ -137,6 +144,23 @@ def test_gradescope_json_follows_the_schema():
     # the kernel's variables and curves are not part of an LMS record
     assert "learner_curves" not in json.dumps(data)
     assert str(result.learner_curves[0].y[1]) not in json.dumps(data)
+
+
+def test_another_torch_than_the_tested_one_is_noted_on_every_report():
+    """Issue 17: a learner's own torch may differ from the course's; the verdict says so."""
+    assert torch_note("") == torch_note(TESTED_TORCH) == torch_note(TESTED_TORCH + "+cpu") == ""
+    other = _hand_made(torch_version="2.14.1+cu130")
+    note = torch_note(other.torch_version)
+    assert "your torch 2.14.1+cu130" in note and f"uses torch {TESTED_TORCH}" in note
+    data = gradescope_json(other)
+    assert data["extra_data"]["torch_version"] == "2.14.1+cu130"
+    assert data["extra_data"]["tested_torch"] == TESTED_TORCH
+    assert f"Note: {note}" in data["output"]
+    page = feedback_html(other)
+    assert note in html.unescape(page) and "Torch: <b>2.14.1+cu130</b>" in page
+    tested = _hand_made(torch_version=f"{TESTED_TORCH}+cpu")
+    assert "uses torch" not in gradescope_json(tested)["output"]
+    assert "uses torch" not in feedback_html(tested)
 
 
 def test_gradescope_json_never_emits_nan_points():
