@@ -29,7 +29,7 @@ from grader.gradebook import SECRET_SEED, Gradebook
 from grader.grading.identity import grade_key, grading_fingerprint
 from grader.grading.integrity import new_key
 from grader.models import PROBLEM_STATUSES, Entry, GradeResult, Item, Sink, grader_failed
-from grader.reports.writer import BackgroundReports, write_or_note
+from grader.reports.writer import BackgroundReports
 from grader.submission import notebooks_under, read_capped
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 LearnerFrom = Literal["path", "first-dir", "stem"]
 SEED_ENV = "MBGD_SECRET_SEED"
+REVEALED = "learner_pages_reveal"  # gradebook meta: which checks the learners' pages show
 RESERVED = {"gradebook.csv", "gradebook.sqlite", "summary.html"}
 
 
@@ -216,13 +217,14 @@ def run_batch(
         finished = {row.submission for row in done}
         pending = [i for i in items if i.submission not in finished]
         outcome = BatchOutcome(items=items, results={}, secret_key=options.secret_key)
+        # The rubric's [release] (a due date passed, grades published) changes what the
+        # learners' pages show, not the grades: pages of unchanged grades are redrawn.
+        reveal = options.rubric().revealed()
+        shown = ",".join(sorted(reveal))
+        redraw = book.get_meta(REVEALED) not in (None, shown)
         for row in done:
             outcome.results[row.submission] = row.result
             outcome.skipped += 1
-            report_dir = out / row.report_dir
-            if not all((report_dir / f).exists() for f in ("results.json", "feedback.html")):
-                # Graded, then killed before its reports were written: write them now.
-                write_or_note(row.submission, row.result, report_dir, outcome.harness_errors)
         if on_start:
             on_start(len(items), outcome.skipped)
 
@@ -239,7 +241,13 @@ def run_batch(
             if on_result:
                 on_result(item, result)
 
-        with BackgroundReports(outcome.harness_errors) as reports:
+        with BackgroundReports(outcome.harness_errors, reveal=reveal) as reports:
+            for row in done:
+                report_dir = out / row.report_dir
+                files = ("results.json", "feedback.html")
+                # Graded, then killed before its reports were written: write them now.
+                if redraw or not all((report_dir / f).exists() for f in files):
+                    reports.submit(row.submission, row.result, report_dir)
             if pending and broker:
                 from grader.remote import grade_remote
 
@@ -249,6 +257,8 @@ def run_batch(
 
                 with warm_pool() as pool:  # None where the sandbox allows no warm pool
                     asyncio.run(grade_local(pending, options, jobs, sink, pool))
+        # Recorded once every page is drawn: a run stopped before redraws them all next time.
+        book.set_meta(REVEALED, shown)
     return outcome
 
 

@@ -341,5 +341,110 @@ def xqueue(
         raise click.UsageError(str(error)) from error
 
 
+@main.group()
+def export() -> None:
+    """Write what to upload to a course platform (the grader as a wheel, rubric, scripts)."""
+
+
+@export.command("gradescope")
+@click.option(
+    "--out",
+    default="autograder.zip",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The zip to upload as the assignment's autograder.",
+)
+@click.option(
+    "--rubric",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rubric TOML file, checked and copied in.  [default: the shipped rubric]",
+)
+def export_gradescope_command(out: Path, rubric: Path | None) -> None:
+    """Gradescope: a zip with setup.sh and run_autograder at its root (see README)."""
+    from grader.errors import Unavailable, UsageError
+    from grader.platforms.export import export_gradescope
+
+    try:
+        written = export_gradescope(out, rubric)
+    except UsageError as error:  # a bad rubric, part id or --out
+        raise click.UsageError(str(error)) from error
+    except (Unavailable, OSError) as error:  # no wheel could be made, a file not written
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {written}: upload it on Gradescope (Configure Autograder > Zip file)")
+
+
+@export.command("coursera")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write the Dockerfile and what it copies into the image.",
+)
+@click.option(
+    "--part",
+    "parts",
+    multiple=True,
+    required=True,
+    metavar="PART_ID",
+    help="The partId of an assignment part this grader grades (repeat for several).",
+)
+@click.option(
+    "--rubric",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rubric TOML file, checked and copied in.  [default: the shipped rubric]",
+)
+def export_coursera_command(out: Path, parts: tuple[str, ...], rubric: Path | None) -> None:
+    """Coursera (custom grader v2): a folder with a Dockerfile, for `coursera_autograder`."""
+    from grader.errors import Unavailable, UsageError
+    from grader.platforms.export import export_coursera
+
+    try:
+        written = export_coursera(out, list(parts), rubric)
+    except UsageError as error:  # a bad rubric, part id or --out
+        raise click.UsageError(str(error)) from error
+    except (Unavailable, OSError) as error:  # no wheel could be made, a file not written
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {written}/: zip its contents and upload with coursera_autograder")
+
+
+@main.command()
+@click.option(
+    "--root",
+    default="/autograder",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Gradescope's folder: submission/ in, results/results.json out.",
+)
+@click.option("--rubric", type=click.Path(dir_okay=False, path_type=Path), help="Rubric TOML file.")
+def gradescope(root: Path, rubric: Path | None) -> None:
+    """Grade the one notebook in ROOT/submission into ROOT/results/results.json (Gradescope)."""
+    from grader.platforms.gradescope import Layout, run
+
+    sys.exit(run(Layout(root), rubric))
+
+
+@main.command()
+@click.option(
+    "--config",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="coursera.json written by `mbgd-grader export coursera`.",
+)
+@click.option(
+    "--shared",
+    default="/shared",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Coursera's folder: submission/ in, feedback.json and htmlFeedback.html out.",
+)
+def coursera(config: Path, shared: Path) -> None:
+    """Grade the learner's file in SHARED/submission for the part in $partId (Coursera)."""
+    import os
+
+    from grader.platforms.coursera import run
+
+    sys.exit(run(shared, config, os.environ))
+
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,14 @@ CellStatus = Literal["ok", "error", "timeout", "died", "not_run"]
 KernelFate = Literal["ok", "timeout", "died", "oom", "not_started"]
 SubmissionStatus = Literal["graded", "rejected", "timeout", "crashed"]
 IntegrityStatus = Literal["not_checked", "passed", "flagged"]
+# When a learner may see a check (Gradescope's names and meanings): `visible` always, `hidden`
+# never, the other two once the due date has passed / the instructor has published grades.
+# Instructors' views (gradebook, class summary) always show every check.
+Visibility = Literal["visible", "hidden", "after_due_date", "after_published"]
+VISIBILITIES: tuple[Visibility, ...] = ("visible", "hidden", "after_due_date", "after_published")
+# What a learner-facing view shows now: "visible" plus whatever the instructor has released.
+Reveal = frozenset[Visibility]
+ALWAYS_SHOWN: Reveal = frozenset({"visible"})
 # A submission with one of these needs the instructor's look (the console bar, the summary).
 PROBLEM_STATUSES: tuple[SubmissionStatus, ...] = ("timeout", "crashed", "rejected")
 
@@ -117,6 +125,7 @@ class CheckResult(BaseModel):
     passed: bool
     message: str  # written for the learner
     diagnosis: str = ""  # machine id of the matched mistake, e.g. "batch_size_10"
+    visibility: Visibility = "visible"  # the rubric's: when a learner may see this check
 
 
 class Curve(BaseModel):

@@ -71,6 +71,7 @@ def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeRes
             max_points=spec.points,
             passed=False,
             message=f"Not graded: {error}",
+            visibility=spec.visibility,
         )
         for spec in rubric.checks
     ]
@@ -173,6 +174,7 @@ def _integrity_check(
         passed=passed,
         message=message,
         diagnosis="" if passed else GraderMistake.HARD_CODED,
+        visibility=spec.visibility,
     )
 
 

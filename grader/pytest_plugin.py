@@ -5,6 +5,11 @@ default test paths when no other path was named), grades each notebook once per 
 `grader.pipeline.grade`, fails an item with the check's learner-facing message (no grader
 traceback unless `-vv`), writes the feedback page, and ends with `mbgd-grader: 7/10 points`.
 
+Checks the rubric marks `hidden` are not collected, nor `after_due_date` / `after_published`
+ones until its `[release]` table reveals them; the points, headline and page then speak of
+the shown checks only and say how many more there are (`grader.reports.learner_view`), so a
+green run never reads as full marks when a hidden check would lower the grade.
+
 Every option is `--mbgd-...`, since a plugin's options reach every pytest run in the
 environment; the first spellings (`--notebook`, `--rubric`, `--feedback-dir`,
 `--notebook-jobs`) still work as aliases.
@@ -30,6 +35,7 @@ if TYPE_CHECKING:  # the grader is imported only when --mbgd-notebook is given
     from grader.execution.pool import KernelPool
     from grader.grading.rubric import CheckSpec, Rubric
     from grader.models import CheckResult, GradeResult
+    from grader.reports.learner_view import LearnerView
 
 PLUGIN_NAME = "mbgd-grader-session"
 
@@ -161,6 +167,8 @@ class NotebookGrading:
     ) -> None:
         self.notebooks = set(notebooks)
         self.rubric = rubric
+        self.reveal = rubric.revealed()  # what learners may see now (the rubric's [release])
+        self.shown = [spec for spec in rubric.checks if spec.visibility in self.reveal]
         self.rubric_path = rubric_path
         self.out = out
         self.jobs = jobs
@@ -212,10 +220,15 @@ class NotebookGrading:
     def pytest_report_header(self, config: pytest.Config) -> str:
         count = len(self.notebooks)
         name = self.rubric_path or f"default ({self.rubric.name})"
-        return (
+        points = sum(spec.points for spec in self.shown)
+        header = (
             f"mbgd-grader: {count} notebook{'s' if count != 1 else ''}, rubric {name}, "
-            f"{_points(self.rubric.max_score)} points"
+            f"{_points(points)} points"
         )
+        held = len(self.rubric.checks) - len(self.shown)
+        if held:
+            header += f" in the checks shown ({held} more not shown here)"
+        return header
 
     @pytest.hookimpl
     def pytest_terminal_summary(
@@ -229,8 +242,11 @@ class NotebookGrading:
         terminalreporter.section("mbgd-grader", sep="-")
         for file in graded:
             write(file.summary_line(), bold=True)
-            if _graded(file.outcome) and file.outcome.diagnosis:
-                write(f"  {file.outcome.diagnosis}")
+            view = file.view()
+            if view is not None and view.result.diagnosis:
+                write(f"  {view.result.diagnosis}")
+            if view is not None and not view.complete:
+                write(f"  {_withheld(view)}")
             if file.feedback_page is not None:
                 write(f"  feedback page: {file.feedback_page}")
             elif file.feedback_error:
@@ -252,6 +268,14 @@ def _graded(outcome: object) -> TypeGuard[GradeResult]:
     from grader.models import GradeResult
 
     return isinstance(outcome, GradeResult)
+
+
+def _withheld(view: LearnerView) -> str:
+    count = view.withheld
+    return (
+        f"{count} more check{'s' if count != 1 else ''} ({_points(view.withheld_points)} points) "
+        f"{'is' if count == 1 else 'are'} graded but not shown here: this is not your final score."
+    )
 
 
 def _boxed(sandbox: str) -> bool:
@@ -282,7 +306,7 @@ class NotebookFile(pytest.File):
 
     def collect(self) -> Iterator[CheckItem]:
         self.grading.files.append(self)
-        for spec in self.grading.rubric.checks:
+        for spec in self.grading.shown:
             yield CheckItem.from_parent(self, name=spec.id, spec=spec)
 
     @property
@@ -296,6 +320,14 @@ class NotebookFile(pytest.File):
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
+
+    def view(self) -> LearnerView | None:
+        """The grade as the learner may see it now; None before grading or if it failed."""
+        if not _graded(self.outcome):
+            return None
+        from grader.reports.learner_view import learner_view
+
+        return learner_view(self.outcome, self.grading.reveal)
 
     def grade_once(self) -> GradeResult | BaseException:
         try:
@@ -321,7 +353,7 @@ class NotebookFile(pytest.File):
         out = self.grading.feedback_dir(self.path)
         for target in (out, Path.cwd() / ".mbgd-feedback" / self.path.stem):
             try:
-                write_reports(result, target)
+                write_reports(result, target, reveal=self.grading.reveal, learner_copy=True)
             except OSError as error:  # e.g. a read-only folder: try the next place
                 self.feedback_error = f"{target}: {error.strerror or error}"
                 continue
@@ -334,12 +366,15 @@ class NotebookFile(pytest.File):
             return
 
     def summary_line(self) -> str:
-        outcome = self.outcome
-        if _graded(outcome):
-            points = f"{_points(outcome.score)}/{_points(outcome.max_score)} points"
-            extra = "" if outcome.status == "graded" else f" ({outcome.status})"
+        view = self.view()
+        if view is not None:
+            shown = view.result
+            points = f"{_points(shown.score)}/{_points(shown.max_score)} points"
+            if not view.complete:
+                points += " on the checks shown"
+            extra = "" if shown.status == "graded" else f" ({shown.status})"
             return f"mbgd-grader: {points} for {self.nodeid}{extra}"
-        return f"mbgd-grader: not graded: {self.nodeid}: the grader failed ({outcome})"
+        return f"mbgd-grader: not graded: {self.nodeid}: the grader failed ({self.outcome})"
 
 
 class CheckItem(pytest.Item):
@@ -357,7 +392,10 @@ class CheckItem(pytest.Item):
         return self.parent
 
     def runtest(self) -> None:
-        result = self.notebook.result()
+        self.notebook.result()  # grades the notebook (once), or raises why it could not
+        view = self.notebook.view()
+        assert view is not None  # graded: result() returned
+        result = view.result  # only the checks shown, and nothing computed from the others
         self.result = result
         self.check = next((c for c in result.checks if c.id == self.spec.id), None)
         if self.check is None:

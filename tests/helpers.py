@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,3 +333,73 @@ def lab_execution(
         figures=figures,
         variables={name: variable(name, values) for name, values in variables.items()},
     )
+
+
+# -- course platforms (tests/platforms) --------------------------------------------------------
+
+
+def install_for_real(wheel: Path, venv: Path, python: str = sys.executable) -> Path:
+    """A fresh venv of `python` with `wheel` installed by pip, as a course's image installs
+    it; offline, so its dependencies are this environment's tested ones, reached through a
+    `.pth` line (a path in a .pth is not a site dir: the checkout's editable finder stays
+    out). Returns the venv's `mbgd-grader`."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python3*/site-packages"))
+    tested = next(p for p in map(Path, sys.path) if p.name == "site-packages" and p.is_dir())
+    (site / "zz_tested_dependencies.pth").write_text(f"{tested}\n")
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    subprocess.run([*pip, "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
+    return venv / "bin" / "mbgd-grader"
+
+
+@contextlib.contextmanager
+def mountpoints(*paths: str):
+    """bwrap makes the mount points it binds to in the real root (/autograder, /shared,
+    /opt/mbgd); remove the ones it made (empty) afterwards."""
+    made = [Path(p) for p in paths if not os.path.lexists(p)]
+    try:
+        yield
+    finally:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def tree_memory_peak_mb(proc: subprocess.Popen, every: float = 0.1) -> Callable[[], int]:
+    """Start sampling the proportional set size (shared pages split among their users, so a
+    sum that counts each page once) of `proc` and all its descendants; the returned call
+    stops and gives the peak in MB."""
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(proc.pid)
+            while not stop.is_set() and proc.poll() is None:
+                total = 0
+                for member in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += member.memory_full_info().pss
+                peak[0] = max(peak[0], total >> 20)
+                stop.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def done() -> int:
+        stop.set()
+        thread.join()
+        return peak[0]
+
+    return done
+
+
+def markdown_text(markdown: str) -> str:
+    """What a reader sees of results.json's Markdown once rendered (CommonMark, as Gradescope's
+    `output_format: "md"`), tags removed: the grader's escapes undone."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt().render(markdown))).strip()

@@ -22,6 +22,7 @@ DOORS = {
     "grader.cli",
     "grader.service",
     "grader.xqueue",
+    "grader.platforms",
 }
 
 
@@ -83,6 +84,20 @@ def test_code_that_runs_in_the_kernel_imports_nothing_of_the_grader() -> None:
 def test_the_core_does_not_reach_into_the_doors() -> None:
     core = ("grader.pipeline", "grader.submission", "grader.models")
     wrong = {(m, d) for m in core for d in IMPORTS[m] if _within(d, DOORS)}
+    assert not wrong, sorted(wrong)
+
+
+def test_the_platform_packages_use_the_core_not_the_other_doors() -> None:
+    """grader.platforms grades through the pipeline and writes its own files: it does not
+    lean on the batch, the service or the plugin (cli imports it, not the other way)."""
+    platforms = {m: d for m, d in IMPORTS.items() if _within(m, {"grader.platforms"})}
+    assert platforms
+    wrong = {
+        (m, d)
+        for m, deps in platforms.items()
+        for d in deps
+        if _within(d, DOORS - {"grader.platforms"})
+    }
     assert not wrong, sorted(wrong)
 
 

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -56,6 +58,7 @@ from grader.execution.limits import RunLimits
 from grader.execution.uids import UidLease, processes_of_uid, sweep_stale_workdirs
 
 SANDBOXED = "bubblewrap"
+log = logging.getLogger(__name__)
 
 
 class SandboxUnavailable(Unavailable, RuntimeError):
@@ -64,7 +67,28 @@ class SandboxUnavailable(Unavailable, RuntimeError):
 
 def find_bwrap() -> str | None:
     """Path of a usable bwrap, or None. Tests monkeypatch this to exercise the fallback."""
-    return shutil.which("bwrap")
+    path = shutil.which("bwrap")
+    return path if path and bwrap_runs(path) else None
+
+
+@functools.cache
+def bwrap_runs(path: str) -> bool:
+    """Can this bwrap make a kernel's namespaces and size-limited tmpfs here? In a container
+    without the privilege to (Docker's defaults, as on course platforms) it is installed but
+    every kernel would die at its start: then the kernel runs as without bwrap, and says so."""
+    argv = [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/"]
+    argv += ["--perms", "1777", "--size", str(1 << 20), "--tmpfs", "/tmp"]
+    if os.geteuid() != 0:
+        argv += ["--unshare-user"]
+    try:
+        done = subprocess.run([*argv, "true"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("bwrap at %s cannot be started (%s): kernels run without it", path, error)
+        return False
+    if done.returncode != 0:
+        why = done.stderr.decode("utf-8", "replace").strip()[-300:]
+        log.warning("bwrap at %s cannot sandbox here (%s): kernels run without it", path, why)
+    return done.returncode == 0
 
 
 def describe(bwrap: str | None, cgroup: str = "", seccomp_problem: str = "") -> str:

@@ -113,6 +113,7 @@ def _result(
         passed=passed,
         message=message,
         diagnosis=diagnosis,
+        visibility=spec.visibility,
     )
 
 

@@ -1,10 +1,13 @@
 """Which grade is this: the one recipe for the keys that say two grades are the same.
 
-A grade depends on the notebook's bytes (their sha256), the rubric's text, the grader's
-version, whether the integrity re-run is on and, when it is, the integrity key. Same inputs,
-same verdict: a grade with the same key need not be computed again.
+A grade depends on the notebook's bytes (their sha256), the rubric (as data: checks, points,
+titles, tolerances, each check's visibility; not its comments, nor its `[release]` table,
+which only says what learners' pages show), the grader's version, whether the integrity
+re-run is on and, when it is, the integrity key. Same inputs, same verdict: a grade with the
+same key need not be computed again.
 
-- `fingerprint(text)` – a rubric text's fingerprint (`Rubric.fingerprint`).
+- `fingerprint(text)` – 16 hex digits of a text; of the rubric's graded part (canonical
+  JSON, `grader.grading.rubric`) it is `Rubric.fingerprint`.
 - `grading_fingerprint(rubric.fingerprint, integrity)` – everything but the notebook and the
   key: the service's cache looks a grade up by (sha256, this), its Celery task ids carry it.
 - `grade_key(sha256, grading_fingerprint, version, key)` – one grade: the batch's gradebook
@@ -29,7 +32,7 @@ def fingerprint(text: str) -> str:
 
 
 def grading_fingerprint(rubric_fingerprint: str, integrity: bool) -> str:
-    """What a stored result depends on besides the notebook: rubric text (its `fingerprint`),
+    """What a stored result depends on besides the notebook: the rubric (its `fingerprint`),
     grader version, integrity on or off."""
     return fingerprint(f"{rubric_fingerprint}|{__version__}|integrity={integrity}")
 

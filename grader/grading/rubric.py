@@ -6,15 +6,18 @@ checks themselves (what each id tests) live in `grader.grading.checks`.
 
 from __future__ import annotations
 
+import json
 import tomllib
+from datetime import UTC, date, datetime
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from grader.errors import UsageError
 from grader.grading import identity
-from grader.models import CheckId
+from grader.models import ALWAYS_SHOWN, VISIBILITIES, CheckId, Reveal, Visibility
 
 KNOWN_CHECKS = tuple(CheckId)  # a rubric may name these (their values); see grader.models
 
@@ -42,16 +45,66 @@ class PlotsSpec(BaseModel):
     accept_learner_values: StrictBool = False
 
 
+class ReleaseSpec(BaseModel):
+    """When checks marked `after_due_date` / `after_published` reach the learners' views that
+    this grader draws itself (the pytest plugin, feedback pages). Gradescope decides that on
+    its own from the assignment's dates; this table is for everywhere else.
+
+    Not part of the grade's identity (`Rubric.fingerprint`): releasing re-renders learners'
+    pages, it does not re-run their notebooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # true: released now; a date-time with a zone: released from that moment on.
+    after_due_date: StrictBool | datetime = False
+    after_published: StrictBool = False
+
+    @field_validator("after_due_date", mode="before")
+    @classmethod
+    def _zoned(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError(
+                f"{value.isoformat()} has no time zone; write it as e.g. "
+                f"{value.strftime('%Y-%m-%dT%H:%M:%S')}Z (UTC) or with +01:00"
+            )
+        if isinstance(value, date) and not isinstance(value, datetime):
+            raise ValueError(
+                f"{value.isoformat()} is a day, not a moment; write e.g. "
+                f"{value.isoformat()}T23:59:00Z"
+            )
+        return value
+
+    def revealed(self, now: datetime | None = None) -> Reveal:
+        """What a learner may see at `now` (default: this moment)."""
+        shown: set[Visibility] = set(ALWAYS_SHOWN)
+        due = self.after_due_date
+        if due is True or (isinstance(due, datetime) and (now or datetime.now(UTC)) >= due):
+            shown.add("after_due_date")
+        if self.after_published:
+            shown.add("after_published")
+        return frozenset(shown)
+
+
 class CheckSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     title: str
     points: float = Field(ge=0)
+    visibility: Visibility = "visible"  # when learners see it: see default_rubric.toml
 
     @field_validator("id")
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in KNOWN_CHECKS:
             raise ValueError(f"unknown check id {value!r}; known: {', '.join(KNOWN_CHECKS)}")
+        return value
+
+    @field_validator("visibility", mode="before")
+    @classmethod
+    def _visibility(cls, value: Any) -> Any:
+        if value not in VISIBILITIES:
+            raise ValueError(f"unknown visibility {value!r}; use one of {', '.join(VISIBILITIES)}")
         return value
 
 
@@ -61,11 +114,16 @@ class Rubric(BaseModel):
     answer: AnswerSpec
     checks: list[CheckSpec] = Field(min_length=1)
     plots: PlotsSpec = Field(default_factory=PlotsSpec)
-    fingerprint: str = ""  # of the TOML text (grader.grading.identity): in every grade's key
+    release: ReleaseSpec = Field(default_factory=ReleaseSpec)
+    fingerprint: str = ""  # of what decides a grade (`_graded_part`): in every grade's key
 
     @property
     def max_score(self) -> float:
         return sum(check.points for check in self.checks)
+
+    def revealed(self, now: datetime | None = None) -> Reveal:
+        """The visibilities learners' views show now (see `ReleaseSpec`)."""
+        return self.release.revealed(now)
 
     def check(self, check_id: str) -> CheckSpec | None:
         return next((c for c in self.checks if c.id == check_id), None)
@@ -93,7 +151,15 @@ def parse_rubric(text: str) -> Rubric:
     ids = [check.id for check in rubric.checks]
     if len(ids) != len(set(ids)):
         raise RubricError("rubric lists a check id twice")
-    return rubric.model_copy(update={"fingerprint": identity.fingerprint(text)})
+    return rubric.model_copy(update={"fingerprint": identity.fingerprint(_graded_part(data))})
+
+
+def _graded_part(data: dict[str, Any]) -> str:
+    """The rubric as data, without `[release]`: what a stored grade depends on (points, ids,
+    titles, tolerances, each check's visibility). Comments and layout do not count, and
+    releasing checks to learners does not make every stored grade stale."""
+    graded = {key: value for key, value in data.items() if key != "release"}
+    return json.dumps(graded, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def default_rubric_text() -> str:

@@ -2,28 +2,38 @@
 
 Both are views of one `GradeResult`; neither adds judgement. Everything in a result that came
 from the learner (variable names, error messages, tracebacks, curve labels) is hostile: the
-page is rendered with autoescaping, and the JSON carries only what the schema asks for (never
-the kernel's variables, never a secret seed).
+page is rendered with autoescaping, the JSON's Markdown is escaped (`md_escape`), and the JSON
+carries only what the schema asks for (never the kernel's variables, never a secret seed).
+
+Per-check visibility: results.json keeps every check with its visibility for Gradescope (or
+an LMS) to honour; the feedback page is a learner's view and shows only the checks revealed
+(`grader.reports.learner_view`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from grader import TESTED_TORCH
-from grader.models import CellRun, GradeResult
-from grader.reports.plot import curves_data_uri
+from grader.models import ALWAYS_SHOWN, CellRun, CheckId, CheckResult, GradeResult, Reveal
+from grader.reports.learner_view import LearnerView, learner_view
+from grader.reports.plot import ANSWER_KEY, curves_data_uri
 from grader.reports.rendering import environment, write_atomic
 
 MAX_TRACEBACK_LINES = 30
 MAX_TRACEBACK_CHARS = 4000
 MAX_FAILING_CELLS = 5
+MD_TRACEBACK_LINES = 15  # results.json: the end of the first failing cell's traceback
+MAX_TABLE_EPOCHS = 50  # rows of the loss table in results.json (the lab has 10 epochs)
+PICTURE_ALT = "Loss per epoch: your curves (solid) against the reference (dashed), log scale"
 
 STATUS_TEXT = {
     "graded": "Graded",
@@ -42,17 +52,35 @@ def _points(value: float) -> str:
     return f"{_num(value):g}"
 
 
-def _output(result: GradeResult) -> str:
-    """The top-level text Gradescope shows above the tests."""
-    lines = [f"Score: {_points(result.score)} / {_points(result.max_score)}"]
-    if result.error:
-        lines.append(result.error)
-    if result.diagnosis:
-        lines.append(result.diagnosis)
-    if result.answer_name:
-        lines.append(f"Graded variable: {result.answer_name}")
-    lines.extend(f"Note: {note}" for note in _notes(result))
-    return "\n".join(lines)
+# -- Markdown: Gradescope renders `output_format: "md"`; everything from a learner is escaped --
+
+_MD_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
+
+
+def md_escape(text: str) -> str:
+    """`text` as literal Markdown: no link, image, emphasis, heading, list or raw HTML can come
+    out of it (a learner's variable name or error message must stay text). Line breaks stay."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_PUNCTUATION.sub(r"\\\1", text)
+    return "  \n".join(line.strip() for line in text.splitlines())
+
+
+def md_code_block(text: str) -> str:
+    """A fenced block whose fence is longer than any backtick run in `text`."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _withheld_text(view: LearnerView) -> str:
+    count = view.withheld
+    more = " more" if view.result.checks else ""
+    checks = f"{count}{more} check{'s' if count != 1 else ''}"
+    verb = "is" if count == 1 else "are"
+    return (
+        f"{checks} ({_points(view.withheld_points)} points) {verb} graded but not shown here, "
+        "so this is not your final score."
+    )
 
 
 def torch_note(version: str) -> str:
@@ -79,27 +107,124 @@ def _notes(result: GradeResult) -> list[str]:
     return ([note] if note else []) + (list(result.execution.notes) if result.execution else [])
 
 
-def gradescope_json(result: GradeResult) -> dict:
-    """results.json content, Gradescope's autograder schema plus our `extra_data`."""
+def _output(result: GradeResult) -> str:
+    """The top-level Markdown Gradescope shows above the tests, at once, to the learner: so
+    it is drawn from what every learner may see now (`learner_view`), whatever the tests'
+    own visibility."""
+    view = learner_view(result, ALWAYS_SHOWN)
+    shown = view.result
+    score = f"{_points(shown.score)} / {_points(shown.max_score)}"
+    if view.complete:
+        parts = [f"**Score: {score}**"]
+    elif not shown.checks:
+        parts = [f"**No check is shown here yet.** {_withheld_text(view)}"]
+    else:
+        parts = [f"**Points on the checks shown: {score}.** {_withheld_text(view)}"]
+    if shown.error:
+        parts.append(f"**{STATUS_TEXT.get(shown.status, shown.status)}:** {md_escape(shown.error)}")
+    if shown.diagnosis and shown.diagnosis != shown.error:
+        failed = any(not check.passed for check in shown.checks)
+        label = "**What to look at first:** " if failed else ""
+        parts.append(label + md_escape(shown.diagnosis))
+    if shown.answer_name:
+        parts.append(f"Graded variable: {md_escape(shown.answer_name)}")
+    parts.extend(f"Note: {md_escape(note)}" for note in _notes(shown))
+    return "\n\n".join(parts)
+
+
+def _curve_table(result: GradeResult) -> str:
+    """The graded list against the reference, epoch by epoch, as text: it reads the same
+    wherever Markdown is rendered, picture or not."""
+    want = next((c.y for c in result.reference_curves if c.label == ANSWER_KEY), None)
+    label = f"your {result.answer_name}"  # the graded list (grading.checks.curves_for)
+    mine = next((c for c in result.learner_curves if c.label == label), None)
+    if want is None or mine is None or result.answer_name is None:
+        return ""
+    rows = ["epoch        yours     expected   relative difference"]
+    for epoch in range(min(max(len(want), len(mine.y)), MAX_TABLE_EPOCHS)):
+        got = mine.y[epoch] if epoch < len(mine.y) else None
+        ref = want[epoch] if epoch < len(want) else None
+        diff = ""
+        if got is not None and ref is not None and math.isfinite(got) and ref != 0:
+            diff = f"{(got - ref) / abs(ref):+.2e}"
+        rows.append(f"{epoch:>5}  {_cell(got):>11}  {_cell(ref):>11}   {diff}".rstrip())
+    return md_code_block("\n".join(rows))
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _curves_md(result: GradeResult, picture: str | None) -> str:
+    """The learner's loss curve against the reference: the picture, then the numbers."""
+    if not result.learner_curves and not result.reference_curves:
+        return ""  # none to show (or not to this learner): no picture either
+    table = _curve_table(result)
+    name = md_escape(result.answer_name or "your list")
+    parts = [f"**Your {name} per epoch against the expected LOSS20**"]
+    if picture is not None:
+        parts.append(f"![{PICTURE_ALT}]({picture})")
+    if table:
+        parts.append(table)
+    return "\n\n".join(parts)
+
+
+def _failing_cell_md(result: GradeResult) -> str:
+    cells = failing_cells(result)
+    if not cells or not cells[0].traceback:
+        return ""
+    cell = cells[0]
+    return f"Cell {cell.index}, where it stopped:\n\n" + md_code_block(
+        short_traceback(cell.traceback, lines=MD_TRACEBACK_LINES)
+    )
+
+
+def _test_output(check: CheckResult, result: GradeResult, picture: str | None) -> str:
+    """One check's Markdown: its message, and what belongs to it (a check's extras take its
+    visibility on Gradescope: the curves go with loss20.values, the traceback with
+    notebook.runs)."""
+    parts = [md_escape(check.message)]
+    if check.id == CheckId.LOSS20_VALUES:
+        parts.append(_curves_md(result, picture))
+    elif check.id == CheckId.NOTEBOOK_RUNS and not check.passed:
+        parts.append(_failing_cell_md(result))
+    return "\n\n".join(part for part in parts if part)
+
+
+def gradescope_json(result: GradeResult, *, plot: bool | str = True) -> dict[str, Any]:
+    """results.json content in Gradescope's autograder schema (plus our `extra_data`).
+
+    Each test carries its check's visibility, which Gradescope honours (it hides the total
+    score from learners while any test is hidden); the top-level `output` is what every
+    learner may see at once. `plot`: True draws the loss-curve picture into the
+    loss20.values test (a data URI, ~100 KB), a string is an already drawn data URI, False
+    leaves the picture out (the table of numbers stays)."""
+    picture = plot if isinstance(plot, str) else (_plot(result) if plot else None)
     tests = [
         {
             "name": check.name,
             "score": _num(check.points),
             "max_score": _num(check.max_points),
             "status": "passed" if check.passed else "failed",
-            "output": check.message,
-            "visibility": "visible",
+            "output": _test_output(check, result, picture),
+            "output_format": "md",
+            "visibility": check.visibility,
             "extra_data": {"id": check.id, "diagnosis": check.diagnosis},
         }
         for check in result.checks
     ]
+    output = _output(result)
+    if not any(check.id == CheckId.LOSS20_VALUES for check in result.checks):
+        curves = _curves_md(learner_view(result, ALWAYS_SHOWN).result, picture)
+        output = "\n\n".join(part for part in (output, curves) if part)
     execution = result.execution
     return {
         "score": _num(result.score),
         "execution_time": round(result.seconds, 3),
-        "output": _output(result),
-        "output_format": "text",
-        "visibility": "visible",
+        "output": output,
+        "output_format": "md",
+        "visibility": "visible",  # each test says its own
+        "stdout_visibility": "hidden",  # the grader's log is for instructors
         "tests": tests,
         "extra_data": {
             "submission": result.submission,
@@ -122,12 +247,12 @@ def gradescope_json(result: GradeResult) -> dict:
     }
 
 
-def short_traceback(text: str) -> str:
+def short_traceback(text: str, lines: int = MAX_TRACEBACK_LINES) -> str:
     """The end of a traceback, which is where the learner's own line is."""
-    lines = text.strip().splitlines()
-    if len(lines) > MAX_TRACEBACK_LINES:
-        lines = ["…", *lines[-MAX_TRACEBACK_LINES:]]
-    text = "\n".join(lines)
+    kept = text.strip().splitlines()
+    if len(kept) > lines:
+        kept = ["…", *kept[-lines:]]
+    text = "\n".join(kept)
     if len(text) > MAX_TRACEBACK_CHARS:
         text = "…" + text[-MAX_TRACEBACK_CHARS:]
     return text
@@ -152,34 +277,61 @@ def _plot(result: GradeResult) -> str | None:
     return curves_data_uri(result.learner_curves, result.reference_curves, label)
 
 
-def feedback_html(result: GradeResult) -> str:
-    """A self-contained page for the learner: no scripts, no external assets."""
+def feedback_html(
+    result: GradeResult, *, reveal: Reveal = ALWAYS_SHOWN, plot: bool | str = True
+) -> str:
+    """A self-contained page for the learner: no scripts, no external assets.
+
+    Only the checks whose visibility is in `reveal` are on it, and nothing that gives the
+    others away (`learner_view`). `plot`: as in `gradescope_json`; a picture is shown only
+    while the learner may see the curves."""
+    view = learner_view(result, reveal)
+    shown = view.result
+    picture = None
+    if shown.learner_curves or shown.reference_curves:
+        picture = plot if isinstance(plot, str) else (_plot(shown) if plot else None)
     template = _environment().get_template("feedback.html.j2")
-    cells = failing_cells(result)
+    cells = failing_cells(shown)
     total_bad = (
-        sum(1 for c in result.execution.cells if c.status not in ("ok", "not_run"))
-        if result.execution
+        sum(1 for c in shown.execution.cells if c.status not in ("ok", "not_run"))
+        if shown.execution
         else 0
     )
+    all_passed = bool(shown.checks) and all(c.passed for c in shown.checks)
     return template.render(
-        r=result,
-        status_text=STATUS_TEXT.get(result.status, result.status),
-        passed=sum(1 for c in result.checks if c.passed),
-        plot=_plot(result),
+        r=shown,
+        status_text=STATUS_TEXT.get(shown.status, shown.status),
+        passed=sum(1 for c in shown.checks if c.passed),
+        plot=picture,
         cells=cells,
         more_cells=total_bad - len(cells),
-        notes=_notes(result),
-        percent=(100 * result.score / result.max_score) if result.max_score > 0 else 0,
-        full_marks=result.max_score > 0 and result.score >= result.max_score,
-        all_passed=bool(result.checks) and all(c.passed for c in result.checks),
+        notes=_notes(shown),
+        percent=(100 * shown.score / shown.max_score) if shown.max_score > 0 else 0,
+        full_marks=view.complete and shown.max_score > 0 and shown.score >= shown.max_score,
+        all_passed=all_passed,
+        withheld=view.withheld,
+        withheld_points=view.withheld_points,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
 
-def write_reports(result: GradeResult, out_dir: Path) -> None:
-    """out_dir/results.json and out_dir/feedback.html."""
+def write_reports(
+    result: GradeResult,
+    out_dir: Path,
+    *,
+    reveal: Reveal = ALWAYS_SHOWN,
+    learner_copy: bool = False,
+) -> None:
+    """out_dir/results.json and out_dir/feedback.html (the picture is drawn once for both).
+
+    The page shows the checks in `reveal`. results.json keeps every check with its
+    visibility (for a platform to honour), unless `learner_copy`: then it too holds only
+    what the learner may see now (the pytest plugin writes into the learner's own folder)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(gradescope_json(result), indent=2, allow_nan=False)
-    write_atomic(out_dir / "results.json", data + "\n")
-    write_atomic(out_dir / "feedback.html", feedback_html(result))
+    picture = _plot(result) or False
+    data = gradescope_json(
+        learner_view(result, reveal).result if learner_copy else result, plot=picture
+    )
+    write_atomic(out_dir / "results.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    write_atomic(out_dir / "feedback.html", feedback_html(result, reveal=reveal, plot=picture))

@@ -16,14 +16,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from grader.models import GradeResult
+from grader.models import ALWAYS_SHOWN, GradeResult, Reveal
 
 
 class BackgroundReports:
-    """One writer process; at most `backlog` grades wait for it (then `submit` blocks)."""
+    """One writer process; at most `backlog` grades wait for it (then `submit` blocks).
 
-    def __init__(self, errors: list[str], backlog: int = 8) -> None:
+    `reveal`: which checks the learners' pages show (`grader.reports.feedback.write_reports`).
+    """
+
+    def __init__(self, errors: list[str], backlog: int = 8, reveal: Reveal = ALWAYS_SHOWN) -> None:
         self._errors = errors  # list.append is atomic: safe from the callback thread
+        self._reveal = reveal
         self._room = threading.BoundedSemaphore(backlog)
         # spawn, not fork: the harness has threads (zmq, the warm pool) that fork would copy
         context = multiprocessing.get_context("spawn")
@@ -33,7 +37,7 @@ class BackgroundReports:
         if self._pool is not None:
             self._room.acquire()
             try:
-                future = self._pool.submit(write_reports_or_say, result, folder)
+                future = self._pool.submit(write_reports_or_say, result, folder, self._reveal)
             except (BrokenProcessPool, RuntimeError):
                 self._room.release()
                 self._pool = None
@@ -42,7 +46,7 @@ class BackgroundReports:
                     lambda done: self._finished(done, submission, result, folder)
                 )
                 return
-        write_or_note(submission, result, folder, self._errors)
+        write_or_note(submission, result, folder, self._errors, self._reveal)
 
     def _finished(
         self, done: Future[str], submission: str, result: GradeResult, folder: Path
@@ -51,7 +55,7 @@ class BackgroundReports:
         try:
             problem = done.result()
         except BrokenProcessPool:  # the writer died (killed): this one is written here
-            write_or_note(submission, result, folder, self._errors)
+            write_or_note(submission, result, folder, self._errors, self._reveal)
             return
         except Exception as error:  # noqa: BLE001 - e.g. the result could not be pickled
             problem = repr(error)
@@ -69,20 +73,26 @@ class BackgroundReports:
         self.close()
 
 
-def write_reports_or_say(result: GradeResult, folder: Path) -> str:
+def write_reports_or_say(result: GradeResult, folder: Path, reveal: Reveal = ALWAYS_SHOWN) -> str:
     """In the writer process: write, and return what went wrong ("" when nothing did)."""
     from grader.reports.feedback import write_reports
 
     try:
-        write_reports(result, folder)
+        write_reports(result, folder, reveal=reveal)
     except Exception as error:  # noqa: BLE001
         return repr(error)
     return ""
 
 
-def write_or_note(submission: str, result: GradeResult, folder: Path, errors: list[str]) -> None:
+def write_or_note(
+    submission: str,
+    result: GradeResult,
+    folder: Path,
+    errors: list[str],
+    reveal: Reveal = ALWAYS_SHOWN,
+) -> None:
     """Reports for one submission, here; a failure is the grader's and must not stop a batch."""
-    note_problem(submission, write_reports_or_say(result, folder), errors)
+    note_problem(submission, write_reports_or_say(result, folder, reveal), errors)
 
 
 def note_problem(submission: str, problem: str, errors: list[str]) -> None:

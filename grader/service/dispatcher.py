@@ -33,15 +33,31 @@ REUSABLE = ("graded", "rejected")
 
 
 def _results_json(result: GradeResult) -> dict[str, Any]:
+    """results.json (Gradescope's schema: each test carries its check's visibility for the LMS
+    to honour; the top-level output holds only what every learner may see). Without the
+    picture: drawing takes a few tenths of a second of this event loop, and every stored row
+    and callback would carry ~40 KB more; the table of numbers is there."""
     from grader.reports.feedback import gradescope_json
 
-    return gradescope_json(result)
+    return gradescope_json(result, plot=False)
 
 
 def _comment(result: GradeResult) -> str:
-    """One line for the LMS gradebook: the headline the learner should read first."""
-    headline = result.diagnosis or result.error
-    return f"{result.score:g}/{result.max_score:g}. {headline}".strip()
+    """One line for the LMS gradebook, which learners read: the headline to read first.
+
+    Drawn from what every learner may see now (`grader.reports.learner_view`): checks the
+    rubric marks hidden (or shown after the due date / when published) are left out, and
+    then the points are those of the checks shown. The AGS score itself stays the grade;
+    when learners see it is the LMS's to decide (results.json says each check's visibility)."""
+    from grader.reports.learner_view import learner_view
+
+    view = learner_view(result)
+    shown = view.result
+    headline = shown.diagnosis or shown.error
+    if view.complete:
+        return f"{shown.score:g}/{shown.max_score:g}. {headline}".strip()
+    held = f"{view.withheld} more check{'s' if view.withheld != 1 else ''} not shown"
+    return f"{shown.score:g}/{shown.max_score:g} on the checks shown ({held}). {headline}".strip()
 
 
 class Dispatcher:

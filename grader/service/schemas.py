@@ -113,7 +113,15 @@ class SubmissionState(BaseModel):
     learner_id: str
     assignment_id: str | None = None
     status: Status
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "results.json in Gradescope's schema. Each of `tests[]` carries its check's "
+            "`visibility` from the rubric (`visible`, `hidden`, `after_due_date`, "
+            "`after_published`): show a learner only what it allows; the top-level `output` "
+            "and the AGS comment already leave out every check that is not `visible`."
+        ),
+    )
     error: str | None = None
     attempts: int
     received_at: str

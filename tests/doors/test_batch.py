@@ -345,3 +345,55 @@ def test_usage_errors_exit_2(tmp_path):
     (empty / "a.ipynb").write_bytes(quick_notebook("correct", "a"))
     proc = grade_cli(str(empty), "--rubric", str(bad), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "rubric" in proc.stderr
+
+
+def test_releasing_checks_redraws_learners_pages_without_regrading(tmp_path):
+    """A check marked after_due_date is left off the learner's page; the rubric's [release]
+    changes only the pages: the grade (its key) stays, the page is redrawn once. Graded by
+    the real checks on a hand-built Execution, stored as the batch stores it: no kernel."""
+    from grader.batch import keyed, run_batch
+    from grader.grading.checks import evaluate
+    from grader.grading.rubric import default_rubric_text, load_rubric
+    from grader.pipeline import GradeOptions
+    from reference import mistake_variants
+    from tests.helpers import lab_execution
+
+    text = default_rubric_text().replace(
+        'id = "loss20.values"\n', 'id = "loss20.values"\nvisibility = "after_due_date"\n'
+    )
+    rubric_file = tmp_path / "rubric.toml"
+    rubric_file.write_text(text)
+    folder, out = tmp_path / "class", tmp_path / "out"
+    folder.mkdir()
+    (folder / "ada.ipynb").write_text(nbformat.writes(new_notebook()))
+    options = GradeOptions(rubric_path=str(rubric_file))
+    (item,) = keyed(discover([folder]), options)
+    wrong = {**expected(), "LOSS20": mistake_variants()["batch_size_10"]}
+    result = evaluate(lab_execution(variables=wrong), load_rubric(rubric_file))
+    result.submission = item.submission
+    out.mkdir()
+    with Gradebook(out / "gradebook.sqlite") as book:
+        book.put(item, result)
+    page = out / item.report_dir / "feedback.html"
+
+    def run() -> str:
+        outcome = run_batch([folder], out, GradeOptions(rubric_path=str(rubric_file)), jobs=1)
+        assert (outcome.graded, outcome.skipped, outcome.harness_errors) == (0, 1, [])
+        return page.read_text()
+
+    before = run()  # its reports were missing: written now, for learners
+    assert "loss20.values" not in before and "batch size 10" not in before
+    assert "1 more check (5 points)" in " ".join(before.split())
+    report = json.loads((page.parent / "results.json").read_text())  # the platform's copy
+    values = next(t for t in report["tests"] if t["extra_data"]["id"] == "loss20.values")
+    assert values["visibility"] == "after_due_date" and values["status"] == "failed"
+    assert report["score"] == result.score == 5
+
+    page.write_text("untouched")  # an unchanged release leaves the pages alone
+    assert run() == "untouched"
+
+    rubric_file.write_text(text + "\n[release]\nafter_due_date = true\n")
+    assert keyed(discover([folder]), options)[0].key == item.key  # the same grade
+    after = run()
+    assert "loss20.values" in after and "batch size 10" in after
+    assert "not your final score" not in after

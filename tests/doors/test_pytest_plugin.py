@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.helpers import SUBMISSIONS, GradedSamples, learner_samples
+from tests.helpers import SUBMISSIONS, GradedSamples, learner_samples, markdown_text
 
 pytest_plugins = ["pytester"]
 
@@ -169,8 +169,10 @@ def mistakes_fail_the_right_items_with_their_diagnosis(run: PluginRun) -> None:
             assert case.outcome == want, (sample["path"], check, case.text)
             if want == "failed":
                 # the learner reads the grader's own diagnosis, first, without our internals
-                message = tests[check]["output"].strip()
-                assert case.text.startswith(message), (sample["path"], check)
+                # (results.json holds it as Markdown, then what goes with the check)
+                message = markdown_text(tests[check]["output"].split("\n\n")[0])
+                said = " ".join(case.text.split())
+                assert said.startswith(" ".join(message.split())), (sample["path"], check)
                 assert (
                     f"{tests[check]['score']:g}/{tests[check]['max_score']:g} points" in case.text
                 )
@@ -357,3 +359,70 @@ def test_the_old_option_spellings_still_work(pytester):
     assert [f"lab.ipynb::{i}" for i in ids] == [
         line for line in result.stdout.lines if "::" in line
     ]
+
+
+def _rubric_showing(path: Path, shown: set[str], release: str = "") -> Path:
+    """The default rubric with every check outside `shown` marked after_due_date."""
+    from grader.grading.rubric import default_rubric_text, load_rubric
+
+    text = default_rubric_text()
+    for check in load_rubric().checks:
+        if check.id not in shown:
+            anchor = f'id = "{check.id}"\n'
+            text = text.replace(anchor, anchor + 'visibility = "after_due_date"\n')
+    path.write_text(text + release)
+    return path
+
+
+@pytest.mark.slow
+def test_a_green_run_never_reads_as_full_marks_while_checks_are_withheld(pytester):
+    """Only notebook.runs and loss20.present are shown; LOSS20's values are wrong. Every item
+    the learner runs passes, and the run still says the points are not the grade; nothing of
+    the withheld checks reaches the terminal or the learner's folder."""
+    notebook = pytester.path / "lab.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("LOSS20 = [1.0, 2.0, 3.0]")]
+    nbformat.write(nb, notebook)
+    rubric = _rubric_showing(pytester.path / "rubric.toml", {"notebook.runs", "loss20.present"})
+    result = pytester.runpytest_subprocess(
+        "--mbgd-notebook", notebook.name, "--mbgd-rubric", rubric.name, "-v",
+        "-p", "no:cacheprovider", timeout=300,
+    )  # fmt: skip
+    text = result.stdout.str()
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "*rubric.toml, 1 points in the checks shown (4 more not shown here)",
+            "lab.ipynb::notebook.runs PASSED*",
+            "lab.ipynb::loss20.present PASSED*",
+            "mbgd-grader: 1/1 points on the checks shown for lab.ipynb",
+            "  Every check shown here passed.",
+            "  4 more checks (9 points) are graded but not shown here: "
+            "this is not your final score.",
+        ]
+    )
+    folder = pytester.path / "lab-feedback"
+    written = (folder / "feedback.html").read_text() + (folder / "results.json").read_text()
+    for withheld in ("loss20.values", "plot.loss20", "plot.all_methods", "plot.legend"):
+        assert withheld not in text and withheld not in written
+    assert "Epoch" not in text and "epoch" not in written  # the values check's words, its table
+    assert "All checks passed" not in written and "data:image" not in written
+    learner_copy = json.loads((folder / "results.json").read_text())
+    assert [t["extra_data"]["id"] for t in learner_copy["tests"]] == [
+        "notebook.runs",
+        "loss20.present",
+    ]
+    assert learner_copy["score"] == 1
+
+    # Once released (the due date passed), the next run collects those checks too.
+    released = _rubric_showing(
+        pytester.path / "released.toml",
+        {"notebook.runs", "loss20.present"},
+        "\n[release]\nafter_due_date = 2000-01-01T00:00:00Z\n",
+    )
+    listed = pytester.runpytest_subprocess(
+        "--mbgd-notebook", notebook.name, "--mbgd-rubric", released.name, "--collect-only",
+        "-q", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert sum("::" in line for line in listed.stdout.lines) == 6

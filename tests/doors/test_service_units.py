@@ -248,6 +248,58 @@ def test_a_notebook_that_keeps_killing_the_grader_is_failed_with_a_callback(tmp_
     assert body["score"]["gradingProgress"] == "Failed" and "scoreGiven" not in body["score"]
 
 
+def test_the_lms_gets_each_checks_visibility_and_learners_text_without_hidden_ones(
+    tmp_path,
+) -> None:
+    """A grade whose values check the rubric hides, recorded as the dispatcher records it
+    (real checks on a hand-built Execution: no kernel): the stored results.json and the
+    callback give every check with its visibility and the whole score, and the texts a
+    learner reads (top-level output, AGS comment) say nothing of the hidden check."""
+    import asyncio
+
+    from grader.grading.checks import evaluate
+    from grader.grading.rubric import default_rubric_text, parse_rubric
+    from grader.service.dispatcher import Dispatcher
+    from grader.service.grading import LocalGrader
+    from reference import expected, mistake_variants
+    from tests.helpers import lab_execution
+
+    anchor = 'id = "loss20.values"\n'
+    rubric = parse_rubric(default_rubric_text().replace(anchor, anchor + 'visibility = "hidden"\n'))
+    wrong = {**expected(), "LOSS20": mistake_variants()["batch_size_10"]}
+    result = evaluate(lab_execution(variables=wrong), rubric)
+    settings = from_environment(
+        db=str(tmp_path / "v.db"),
+        env={"MBGD_WEBHOOK_SECRET": SECRET, "MBGD_CALLBACK_SECRET": OTHER},
+    )
+    db = Database(settings.db_path)
+    db.insert(_submission(1, "msg_a"))
+    row = db.claim()
+    dispatcher = Dispatcher(db, settings, LocalGrader())
+    dispatcher._fingerprint = "f"
+    asyncio.run(dispatcher._record(row, result))
+
+    state = db.get("sub_1")
+    assert state is not None
+    stored = json.loads(state["result"])
+    (due,) = db.due_callbacks(10, set())
+    body = json.loads(due["body"])
+    assert body["result"] == stored
+    assert {t["extra_data"]["id"]: t["visibility"] for t in stored["tests"]} == {
+        c.id: c.visibility for c in rubric.checks
+    }
+    assert stored["score"] == body["score"]["scoreGiven"] == 5 == result.score
+    hidden = next(t for t in stored["tests"] if t["extra_data"]["id"] == "loss20.values")
+    assert hidden["visibility"] == "hidden" and "batch size 10" in hidden["output"]
+    comment = body["score"]["comment"]
+    assert comment == "5/5 on the checks shown (1 more check not shown). " + (
+        "Every check shown here passed."
+    )
+    for learners_text in (comment, stored["output"]):
+        assert "batch size 10" not in learners_text and "10 /" not in learners_text
+    assert "data:image" not in due["body"].decode()  # no picture in the service's records
+
+
 def test_outbox_gives_up_on_410_and_never_follows_redirects(tmp_path) -> None:
     import asyncio
     import threading

@@ -40,9 +40,20 @@ def test_a_minimal_rubric_takes_the_defaults():
     assert rubric.check("plot.legend") is None
 
 
-def test_the_fingerprint_follows_the_text():
-    assert parse_rubric(MINIMAL).fingerprint == parse_rubric(MINIMAL).fingerprint
-    assert parse_rubric(MINIMAL).fingerprint != parse_rubric(MINIMAL + "\n").fingerprint
+def test_the_fingerprint_follows_what_grades_depend_on():
+    base = parse_rubric(MINIMAL).fingerprint
+    assert parse_rubric(MINIMAL).fingerprint == base
+    # layout and comments do not change a grade
+    assert parse_rubric("# a note\n" + MINIMAL + "\n\n").fingerprint == base
+    # points, titles and each check's visibility do (stored grades carry the visibility)
+    assert parse_rubric(MINIMAL.replace("points = 5", "points = 4")).fingerprint != base
+    assert parse_rubric(MINIMAL.replace('"Values"', '"Numbers"')).fingerprint != base
+    hidden = parse_rubric(MINIMAL + 'visibility = "hidden"\n').fingerprint
+    assert hidden != base
+    assert parse_rubric(MINIMAL + 'visibility = "visible"\n').fingerprint != hidden
+    # releasing checks to learners redraws their pages; it does not make grades stale
+    released = MINIMAL + 'visibility = "hidden"\n[release]\nafter_published = true\n'
+    assert parse_rubric(released).fingerprint == hidden
 
 
 def test_integrity_adds_one_zero_point_check_once():
@@ -172,3 +183,77 @@ def test_a_bad_plots_switch_is_refused_naming_the_key(table, message):
     with pytest.raises(RubricError) as refused:
         parse_rubric(MINIMAL + "[plots]\n" + table + "\n")
     assert message in str(refused.value)
+
+
+# -- per-check visibility and its release ----------------------------------------------------
+
+
+def test_every_check_is_visible_unless_the_rubric_says_otherwise():
+    assert {c.visibility for c in load_rubric().checks} == {"visible"}
+    assert load_rubric().revealed() == {"visible"}
+    assert parse_rubric(MINIMAL).check("loss20.values").visibility == "visible"
+    for value in ("visible", "hidden", "after_due_date", "after_published"):
+        rubric = parse_rubric(MINIMAL + f'visibility = "{value}"\n')
+        assert rubric.check("loss20.values").visibility == value
+    # --integrity's extra check is visible; a rubric may list it to hide it
+    assert parse_rubric(MINIMAL).with_integrity().check("integrity.seed").visibility == "visible"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            'visibility = "secret"\n',
+            "checks.0.visibility: Value error, unknown visibility 'secret'; use one of visible, "
+            "hidden, after_due_date, after_published",
+        ),
+        ("visibility = false\n", "checks.0.visibility: Value error, unknown visibility False"),
+        # a misspelt key must not leave a check meant to be hidden visible
+        ('visiblity = "hidden"\n', "checks.0.visiblity: Extra inputs are not permitted"),
+        (
+            "[release]\nafter_due_date = 2026-12-04T23:59:00\n",
+            "release.after_due_date: Value error, 2026-12-04T23:59:00 has no time zone; write it "
+            "as e.g. 2026-12-04T23:59:00Z (UTC) or with +01:00",
+        ),
+        (
+            "[release]\nafter_due_date = 2026-12-04\n",
+            "release.after_due_date: Value error, 2026-12-04 is a day, not a moment; write e.g. "
+            "2026-12-04T23:59:00Z",
+        ),
+        ('[release]\nafter_due_date = "soon"\n', "release.after_due_date"),
+        ('[release]\nafter_published = "yes"\n', "release.after_published: Input should be"),
+        ("[release]\npublished = true\n", "release.published: Extra inputs are not permitted"),
+    ],
+    ids=[
+        "unknown_name",
+        "not_a_string",
+        "misspelt_key",
+        "due_without_zone",
+        "due_a_day",
+        "due_text",
+        "published_text",
+        "unknown_release_key",
+    ],
+)
+def test_a_bad_visibility_or_release_is_refused_naming_the_key(extra, message):
+    with pytest.raises(RubricError) as refused:
+        parse_rubric(MINIMAL + extra)
+    assert message in str(refused.value)
+
+
+def test_release_reveals_after_the_due_date_and_when_published():
+    from datetime import UTC, datetime, timedelta
+
+    due = datetime(2026, 12, 4, 23, 59, tzinfo=UTC)
+    rubric = parse_rubric(MINIMAL + "[release]\nafter_due_date = 2026-12-05T00:59:00+01:00\n")
+    assert rubric.release.after_due_date == due
+    assert rubric.revealed(due - timedelta(seconds=1)) == {"visible"}
+    assert rubric.revealed(due) == {"visible", "after_due_date"}
+    both = parse_rubric(MINIMAL + "[release]\nafter_due_date = true\nafter_published = true\n")
+    assert both.revealed() == {"visible", "after_due_date", "after_published"}
+    # nothing ever reveals a hidden check to learners
+    assert "hidden" not in both.revealed(due + timedelta(days=9999))
+    # the default rubric documents both, commented out
+    text = default_rubric_text()
+    assert "# after_due_date = " in text and "# after_published = true" in text
+    assert '#   visibility = "after_due_date"' in text

@@ -19,6 +19,7 @@ import stat
 import matplotlib.image
 import nbformat
 import pytest
+from markdown_it import MarkdownIt
 
 from grader import TESTED_TORCH
 from grader.grading.integrity import derive_seed
@@ -32,6 +33,7 @@ from grader.reports.feedback import (
 )
 from grader.reports.plot import clean_label, curves_png
 from reference import LabSettings, expected, mistake_variants
+from tests.helpers import markdown_text
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -116,22 +118,48 @@ def _embedded_png(page: str) -> bytes:
     return base64.b64decode(match.group(1))
 
 
+# Gradescope's autograder specification (gradescope/autograder_samples, docs/specs.md):
+# the keys results.json and each test may have, and the values of `visibility`.
+GRADESCOPE_TOP = {
+    "score", "execution_time", "output", "output_format", "test_output_format",
+    "test_name_format", "visibility", "stdout_visibility", "extra_data", "tests", "leaderboard",
+}  # fmt: skip
+GRADESCOPE_TEST = {
+    "score", "max_score", "status", "name", "name_format", "number", "output", "output_format",
+    "tags", "visibility", "extra_data",
+}  # fmt: skip
+GRADESCOPE_VISIBILITY = {"visible", "hidden", "after_due_date", "after_published"}
+
+
 def test_gradescope_json_follows_the_schema():
     result = _hand_made()
-    data = gradescope_json(result)
+    data = gradescope_json(result, plot=False)
     json.dumps(data, allow_nan=False)  # strict JSON: Gradescope rejects NaN
+    assert set(data) <= GRADESCOPE_TOP
     assert data["score"] == 2
     assert data["execution_time"] == pytest.approx(12.345)
-    assert "LOSS_MINI20 matches batch size 10" in data["output"]
-    assert "detached for plotting" in data["output"]
+    assert (data["output_format"], data["visibility"]) == ("md", "visible")
+    assert data["stdout_visibility"] == "hidden"  # the grader's log is the instructor's
+    output = markdown_text(data["output"])
+    assert "Score: 2 / 7" in output
+    assert "LOSS_MINI20 matches batch size 10: your loop uses the old trainloader." in output
+    assert "Tensors were detached for plotting: not your fault." in output
     assert [t["extra_data"]["id"] for t in data["tests"]] == [c.id for c in result.checks]
     for test, check in zip(data["tests"], result.checks, strict=True):
+        assert set(test) <= GRADESCOPE_TEST
         assert test["name"] == check.name
         assert test["score"] == check.points
         assert test["max_score"] == check.max_points
         assert test["status"] == ("passed" if check.passed else "failed")
-        assert test["output"] == check.message
+        assert test["output_format"] == "md"
+        assert test["visibility"] == check.visibility in GRADESCOPE_VISIBILITY
+        for line in check.message.splitlines():
+            assert line in markdown_text(test["output"])
     assert sum(t["score"] for t in data["tests"]) == data["score"]
+    # the failing cell's traceback goes with notebook.runs, its end only
+    runs = markdown_text(data["tests"][0]["output"])
+    assert "NameError: name 'LOSS_MINI20' is not defined" in runs and "frame 99" in runs
+    assert "frame 80" not in runs
     extra = data["extra_data"]
     assert extra["max_score"] == 7
     assert extra["answer_name"] == "LOSS_MINI20"
@@ -141,9 +169,69 @@ def test_gradescope_json_follows_the_schema():
     assert extra["sandbox"] == "rlimits-only (bwrap not found)"
     assert extra["grader_version"] == "9.9.9"
     assert extra["status"] == "graded"
-    # the kernel's variables and curves are not part of an LMS record
+    # the kernel's variables are not part of an LMS record
     assert "learner_curves" not in json.dumps(data)
-    assert str(result.learner_curves[0].y[1]) not in json.dumps(data)
+
+
+def test_gradescope_json_shows_the_loss_curve_with_the_values_check():
+    """The learner's LOSS20 against the reference, in the values check's Markdown: a picture
+    (a data URI) and the same numbers as a text table, which reads the same wherever the
+    picture is not drawn."""
+    result = _hand_made()
+    data = gradescope_json(result)
+    values = data["tests"][1]
+    assert values["extra_data"]["id"] == "loss20.values"
+    rendered = MarkdownIt().render(values["output"])
+    image = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"', rendered)
+    assert image, "no picture in the values check"
+    png = base64.b64decode(image.group(1))
+    assert png.startswith(PNG_MAGIC)
+    assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[1] > 800
+    assert "against the reference" in image.group(2)
+    table = re.search(r"<pre><code[^>]*>(.*?)</code></pre>", rendered, re.S)
+    assert table
+    rows = [line.split() for line in html.unescape(table.group(1)).splitlines()[1:]]
+    mine, want = result.learner_curves[0].y, expected()["LOSS20"]
+    assert [int(r[0]) for r in rows] == list(range(len(want)))
+    for row, got, ref in zip(rows, mine, want, strict=True):
+        assert float(row[1]) == pytest.approx(got, rel=1e-5)
+        assert float(row[2]) == pytest.approx(ref, rel=1e-5)
+        assert float(row[3]) == pytest.approx((got - ref) / ref, rel=1e-2, abs=1e-12)
+    # only there: the other tests and the top level carry no picture
+    others = [t["output"] for t in data["tests"] if t is not values]
+    assert "data:image" not in "".join(others) + data["output"]
+    # plot=False leaves the picture out and keeps the numbers
+    plain = gradescope_json(result, plot=False)["tests"][1]["output"]
+    assert "data:image" not in plain and "expected" in plain
+
+
+def test_gradescope_markdown_cannot_be_driven_by_the_learner():
+    """A variable name or an error message made of Markdown and HTML stays text."""
+    attack = (
+        "![beacon](http://evil.example/x.png) [click](javascript:alert(1)) <b>bold</b>\n"
+        "# heading\n- item\n1. item\n    indented code\n```\nfence\n``` *em* _em_ `code` " + HOSTILE
+    )
+    check = CheckResult(
+        id="loss20.values", name="Values", points=0, max_points=5, passed=False, message=attack
+    )
+    cell = CellRun(index=4, status="error", error_name="E", error_value="x", traceback=attack)
+    result = _hand_made(
+        checks=[check, check.model_copy(update={"id": "notebook.runs"})],
+        answer_name=attack,
+        diagnosis=attack,
+        execution=Execution(fate="ok", sandbox="bubblewrap", notes=[attack], cells=[cell]),
+    )
+    data = gradescope_json(result)
+    for markdown in [data["output"], *(t["output"] for t in data["tests"])]:
+        rendered = MarkdownIt().render(markdown)
+        tags = set(re.findall(r"<([a-z0-9]+)", rendered))
+        # a picture only of ours (a data URI), the table and traceback only in code blocks
+        assert tags <= {"p", "br", "strong", "pre", "code", "img"}, tags
+        for src in re.findall(r'src="([^"]*)"', rendered):
+            assert src.startswith("data:image/png;base64,")
+        assert "<b>" not in rendered and "<script" not in rendered and "href" not in rendered
+        for line in ("![beacon](http://evil.example/x.png)", "*em* _em_ `code`", "# heading"):
+            assert line in html.unescape(re.sub(r"<[^>]+>", "", rendered))
 
 
 def test_another_torch_than_the_tested_one_is_noted_on_every_report():
@@ -234,8 +322,9 @@ def test_hostile_learner_text_is_escaped_everywhere():
     assert "<img src=x" not in page
     assert page.count("&lt;script&gt;") >= 8  # title, header, callouts, table, notes, cells
     assert "Content-Security-Policy" in page  # second line of defence: no script may run
-    # results.json keeps the text as data; JSON escaping is enough there
-    assert json.loads(json.dumps(gradescope_json(result)))["tests"][0]["output"] == HOSTILE
+    # results.json keeps the text as data: escaped Markdown, read back as the same text
+    output = json.loads(json.dumps(gradescope_json(result)))["tests"][0]["output"]
+    assert "<script" not in output and markdown_text(output).strip() == HOSTILE
 
 
 def test_plot_survives_hostile_and_degenerate_curves():
