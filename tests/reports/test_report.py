@@ -27,6 +27,7 @@ from grader.models import CellRun, CheckResult, Curve, Execution, GradeResult
 from grader.reports.feedback import (
     feedback_html,
     gradescope_json,
+    md_escape,
     short_traceback,
     torch_note,
     write_reports,
@@ -243,7 +244,7 @@ def test_another_torch_than_the_tested_one_is_noted_on_every_report():
     data = gradescope_json(other)
     assert data["extra_data"]["torch_version"] == "2.14.1+cu130"
     assert data["extra_data"]["tested_torch"] == TESTED_TORCH
-    assert f"Note: {note}" in data["output"]
+    assert f"Note: {md_escape(note)}" in data["output"]
     page = feedback_html(other)
     assert note in html.unescape(page) and "Torch: <b>2.14.1+cu130</b>" in page
     tested = _hand_made(torch_version=f"{TESTED_TORCH}+cpu")
