@@ -29,11 +29,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import nbformat
 import psutil
 import pytest
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
+from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.service.signing import decode_secret, sign_headers
 from tests.helpers import quick_notebook
@@ -291,6 +293,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 # Every test sends this one notebook (a short correct lab): it is graded once, in the kill
 # test, and the later submissions reuse its grade.
 NOTEBOOK = quick_notebook("correct", "lti")
+# Holds the service's only grading slot long enough for a kill to land mid-grading.
+SLOW_CELL = "import time\ntime.sleep(4)\nLOSS20 = [1.0, 2.0]"
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -315,21 +319,34 @@ def test_intake_refuses_unknown_platforms_and_foreign_lineitems(setup: Setup) ->
         assert loc[0] == "body" and loc[1].startswith("lti"), why
 
 
-def test_score_arrives_unchanged_after_kill_9_mid_delivery(setup: Setup) -> None:
-    """Killed while the platform still answers 503: after the restart the Score is posted
-    again, byte for byte the same, and accepted. (A kill mid-grading requeues the row, as the
-    service tests show; its Score is only built once the grade is recorded.)"""
+def test_scores_arrive_unchanged_after_kill_9_mid_delivery_and_mid_grading(
+    setup: Setup,
+) -> None:
+    """Killed while the platform still answers 503 for one submission and a second one is
+    being graded: after the restart the first Score is posted again, byte for byte the same,
+    and accepted; the second is graded again and its Score arrives once."""
     platform = setup.platform
     platform.answer["crash"] = lambda: (503, b'{"error": "maintenance"}')
     target = setup.lti("crash", "launch-sub-crash")
     answer = setup.svc.submit("crash-1", NOTEBOOK, lti=target)
     assert answer.status_code == 202, answer.text
     sub_id = answer.json()["id"]
+    slow = nbformat.writes(new_notebook(cells=[new_code_cell(SLOW_CELL)])).encode()
+    answer = setup.svc.submit("crash-2", slow, lti=setup.lti("mid", "launch-sub-mid"))
+    assert answer.status_code == 202, answer.text
+    mid_id = answer.json()["id"]
     platform.wait(lambda: bool(platform.posts_to("crash")), 120, "no Score posted")
-    setup.svc.kill9()  # mid-delivery: the platform answered 503, a retry is due
+    deadline = time.monotonic() + 60
+    while setup.svc.health()["running"] < 1:  # the slow one holds the only slot
+        assert time.monotonic() < deadline, "the second submission never started grading"
+        time.sleep(0.1)
+    setup.svc.kill9()  # mid-delivery of the first, mid-grading of the second
     with contextlib.closing(sqlite3.connect(setup.db)) as conn:
         (left,) = conn.execute("SELECT status FROM lti_outbox").fetchone()
-    assert left == "pending"
+        (running,) = conn.execute(
+            "SELECT status FROM submissions WHERE submission_id = 'crash-2'"
+        ).fetchone()
+    assert left == "pending" and running == "running"
     del platform.answer["crash"]  # the platform is back
     setup.service = setup.start()
     platform.wait(
@@ -354,6 +371,15 @@ def test_score_arrives_unchanged_after_kill_9_mid_delivery(setup: Setup) -> None
     assert 1 <= lti["attempts"] <= len(posts) and lti["user_id"] == "launch-sub-crash"
     assert platform.refused_assertions == []
     assert {p.token for p in posts} <= platform.tokens
+    # The one killed mid-grading: graded again after the restart, its Score posted once.
+    platform.wait(lambda: bool(platform.posts_to("mid")), 120, "no Score for the regraded one")
+    time.sleep(1.0)  # let any repeat arrive before counting
+    (mid,) = platform.posts_to("mid")
+    mid_state = setup.svc.state(mid_id)
+    assert mid_state["status"] == "graded" and mid_state["attempts"] == 2
+    assert mid.answered == 200 and mid.score["userId"] == "launch-sub-mid"
+    assert mid.score["scoreGiven"] == mid_state["result"]["score"]
+    assert mid.score["gradingProgress"] == "FullyGraded"
 
 
 def test_a_400_is_final_and_shown_in_the_status(setup: Setup) -> None:
