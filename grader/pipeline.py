@@ -28,7 +28,6 @@ from grader.models import (
     Execution,
     GradeResult,
     GraderMistake,
-    not_graded,
 )
 from grader.submission import Submission, SubmissionError, load
 from reference import expected
@@ -59,33 +58,6 @@ class GradeOptions(BaseModel):
 
     def rubric(self) -> Rubric:
         return load_rubric(self.rubric_path)
-
-
-def _rejected(name: str, error: str, rubric: Rubric, started: float) -> GradeResult:
-    """Not a notebook: every check of the rubric at zero, with the reason."""
-    checks = [
-        CheckResult(
-            id=spec.id,
-            name=spec.title,
-            points=0,
-            max_points=spec.points,
-            passed=False,
-            message=f"Not graded: {error}",
-            visibility=spec.visibility,
-        )
-        for spec in rubric.checks
-    ]
-    return not_graded(
-        name,
-        "rejected",
-        error,
-        checks=checks,
-        max_score=rubric.max_score,
-        rubric_name=rubric.name,
-        diagnosis=error,
-        mistake=GraderMistake.NOT_A_NOTEBOOK,
-        seconds=round(time.monotonic() - started, 3),
-    )
 
 
 def _status(result: GradeResult, execution: Execution) -> str:
@@ -250,7 +222,7 @@ async def grade_async(
     try:
         submission = load(source, name=display)
     except SubmissionError as error:
-        return _rejected(display, str(error), options.rubric(), started)
+        return options.rubric().rejected(display, str(error), started)
     return await grade_submission(submission, options, pool=pool)
 
 

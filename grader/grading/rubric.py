@@ -7,6 +7,7 @@ checks themselves (what each id tests) live in `grader.grading.checks`.
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from datetime import UTC, date, datetime
 from importlib.resources import files
@@ -17,7 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from grader.errors import UsageError
 from grader.grading import identity
-from grader.models import ALWAYS_SHOWN, VISIBILITIES, CheckId, Reveal, Visibility
+from grader.models import (
+    ALWAYS_SHOWN,
+    VISIBILITIES,
+    CheckId,
+    CheckResult,
+    GradeResult,
+    GraderMistake,
+    Reveal,
+    Visibility,
+    not_graded,
+)
 
 KNOWN_CHECKS = tuple(CheckId)  # a rubric may name these (their values); see grader.models
 
@@ -127,6 +138,33 @@ class Rubric(BaseModel):
 
     def check(self, check_id: str) -> CheckSpec | None:
         return next((c for c in self.checks if c.id == check_id), None)
+
+    def rejected(self, name: str, reason: str, started: float) -> GradeResult:
+        """The graded result of an upload that is no notebook of the lab: every check at zero,
+        each saying why (so a learner's page and a platform's result file still list them)."""
+        checks = [
+            CheckResult(
+                id=spec.id,
+                name=spec.title,
+                points=0,
+                max_points=spec.points,
+                passed=False,
+                message=f"Not graded: {reason}",
+                visibility=spec.visibility,
+            )
+            for spec in self.checks
+        ]
+        return not_graded(
+            name,
+            "rejected",
+            reason,
+            checks=checks,
+            max_score=self.max_score,
+            rubric_name=self.name,
+            diagnosis=reason,
+            mistake=GraderMistake.NOT_A_NOTEBOOK,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def with_integrity(self) -> Rubric:
         """The rubric plus the 0-point `integrity.seed` check, for integrity runs."""

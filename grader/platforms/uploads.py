@@ -14,7 +14,7 @@ from pathlib import Path
 
 from grader.execution.limits import RunLimits
 from grader.grading.rubric import Rubric, load_rubric
-from grader.models import CheckResult, GradeResult, GraderMistake, grader_failed, not_graded
+from grader.models import GradeResult, grader_failed
 from grader.submission import notebooks_under
 
 HOW_TO_DOWNLOAD = "in Jupyter: File > Download > Notebook (.ipynb)"
@@ -79,30 +79,7 @@ def the_notebook(folder: Path) -> Path | WrongUpload:
 
 def wrong_upload_result(name: str, wrong: WrongUpload, rubric: Rubric) -> GradeResult:
     """The graded result of an upload that is not the one notebook: every check at zero."""
-    started = time.monotonic()
-    checks = [
-        CheckResult(
-            id=spec.id,
-            name=spec.title,
-            points=0,
-            max_points=spec.points,
-            passed=False,
-            message=f"Not graded: {wrong.message}",
-            visibility=spec.visibility,
-        )
-        for spec in rubric.checks
-    ]
-    return not_graded(
-        name,
-        "rejected",
-        wrong.message,
-        checks=checks,
-        max_score=rubric.max_score,
-        rubric_name=rubric.name,
-        diagnosis=wrong.message,
-        mistake=GraderMistake.NOT_A_NOTEBOOK,
-        seconds=round(time.monotonic() - started, 3),
-    )
+    return rubric.rejected(name, wrong.message, time.monotonic())
 
 
 def grade_upload(folder: Path, rubric: str | None, limits: RunLimits) -> GradeResult:
