@@ -30,6 +30,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from grader.errors import UsageError
+from grader.service.hosts import host_port
 
 ENV_LTI_CONFIG = "MBGD_LTI_CONFIG"
 MIN_KEY_BITS = 2048
@@ -40,21 +41,6 @@ OPTIONAL = ("lineitem_hosts",)
 
 class LtiConfigError(UsageError, ValueError):
     """The LTI configuration cannot be used; the text names the file, platform and field."""
-
-
-def host_port(url: str) -> str | None:
-    """``host:port`` of an http(s) URL without credentials, or None when it is not one."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    if parts.username or parts.password:
-        return None
-    port = port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname.lower()}:{port}"
 
 
 def _secure(url: str) -> bool:

@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from grader.errors import UsageError
 from grader.execution.limits import RunLimits
+from grader.service.hosts import host_port
 from grader.service.signing import DEFAULT_TOLERANCE, parse_secrets
 
 if TYPE_CHECKING:
@@ -56,18 +56,11 @@ class Settings:
 
     def callback_host_allowed(self, url: str) -> bool:
         """True when ``url`` is http(s) to a host (or host:port) on the allowlist."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
+        where = host_port(url)
+        if where is None:
             return False
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return False
-        if parts.username or parts.password:
-            return False
-        host = parts.hostname.lower()
-        port = port or (443 if parts.scheme == "https" else 80)
-        return host in self.allowed_hosts or f"{host}:{port}" in self.allowed_hosts
+        host = where.rsplit(":", 1)[0]
+        return host in self.allowed_hosts or where in self.allowed_hosts
 
 
 def db_path_from_url(url: str) -> Path:
