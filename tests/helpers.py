@@ -403,3 +403,28 @@ def markdown_text(markdown: str) -> str:
     from markdown_it import MarkdownIt
 
     return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt().render(markdown))).strip()
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a door's process (a crash), then reap the kernels it orphaned (test hygiene)."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait(10)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+# A learner cell that hunts for the grader's secrets (MBGD_* variables) in its own
+# environment and in every process it can read; it raises with whatever it found.
+SECRET_HUNTER = """import glob, os
+found = [repr({k: v for k, v in os.environ.items() if k.startswith("MBGD")})]
+for path in glob.glob("/proc/*/environ"):
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        continue
+    if b"MBGD_" in data:
+        found.append(data.decode("latin-1"))
+raise RuntimeError("LEAK " + " ".join(found))
+"""

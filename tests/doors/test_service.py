@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (
 
 from grader.execution.pool import KernelPool
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SECRET_HUNTER, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -173,12 +173,7 @@ class Service:
 
     def kill9(self) -> None:
         """SIGKILL the service; then reap the kernels it orphaned (test hygiene only)."""
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        kill_tree(self.proc)
         self.log.close()
 
     def stop(self) -> None:
@@ -462,17 +457,7 @@ def test_not_a_notebook_is_accepted_and_the_learner_hears_why(
     assert delivery.body["result"]["extra_data"]["status"] == "rejected"
 
 
-LEAKER = """import glob, os
-found = [repr({k: v for k, v in os.environ.items() if k.startswith("MBGD")})]
-for path in glob.glob("/proc/*/environ"):
-    try:
-        data = open(path, "rb").read()
-    except OSError:
-        continue
-    if b"MBGD_" in data:
-        found.append(data.decode("latin-1"))
-raise RuntimeError("LEAK " + " ".join(found))
-"""
+LEAKER = SECRET_HUNTER
 
 
 def test_learner_code_cannot_read_the_service_secrets(service: Service, lms: FakeLMS) -> None:

@@ -30,7 +30,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import nbformat
-import psutil
 import pytest
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -38,7 +37,7 @@ from joserfc.jwk import KeySet, RSAKey
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.service.signing import decode_secret, sign_headers
-from tests.helpers import quick_notebook
+from tests.helpers import kill_tree, quick_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -230,12 +229,7 @@ class Service:
 
     def kill9(self) -> None:
         """SIGKILL the service; then reap the kernels it orphaned (test hygiene only)."""
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        kill_tree(self.proc)
         self.log.close()
 
     def stop(self) -> None:

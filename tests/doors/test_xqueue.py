@@ -35,12 +35,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import nbformat
-import psutil
 import pytest
 from nbformat.v4 import new_code_cell
 
 from grader.xqueue.client import Download, XQueueClient
-from tests.helpers import MANIFEST, SUBMISSIONS, quick_notebook
+from tests.helpers import MANIFEST, SECRET_HUNTER, SUBMISSIONS, kill_tree, quick_notebook
 
 USER, PASSWORD, QUEUE = "mbgd-grader", "s3cret-" + secrets.token_hex(4), "mbgd-lab"
 MAX_FILE = 10 * 2**20  # grader.submission.DEFAULT_MAX_BYTES, the worker's download cap
@@ -371,17 +370,7 @@ def sleepy_notebook(seconds: float) -> bytes:
     return nbformat.writes(nb).encode()
 
 
-LEAKER = """import glob, os
-found = [repr({k: v for k, v in os.environ.items() if k.startswith("MBGD")})]
-for path in glob.glob("/proc/*/environ"):
-    try:
-        data = open(path, "rb").read()
-    except OSError:
-        continue
-    if b"MBGD_" in data:
-        found.append(data.decode("latin-1"))
-raise RuntimeError("LEAK " + " ".join(found))
-"""
+LEAKER = SECRET_HUNTER
 
 
 def leaker_notebook() -> bytes:
@@ -406,12 +395,7 @@ class Worker:
 
     def kill9(self) -> None:
         """SIGKILL; then reap the kernels it orphaned (test hygiene only)."""
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        kill_tree(self.proc)
         self.log.close()
 
     def stop(self, timeout: float = 60) -> int:
