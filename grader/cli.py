@@ -32,6 +32,21 @@ def require_extra(extra: str, command: str, *modules: str) -> None:
             ) from None
 
 
+# Options several commands share, spelled once.
+notebook_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help=f"Seconds one notebook may run in total.  [default: {TOTAL_TIMEOUT}]",
+)
+export_rubric_option = click.option(
+    "--rubric",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Rubric TOML file, checked and copied in.  [default: the shipped rubric]",
+)
+loglevel_option = click.option("--loglevel", default="INFO", show_default=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mbgd-grader")
 def main() -> None:
@@ -130,12 +145,7 @@ def serve(
     "it (hard-coded or copied numbers).",
 )
 @click.option("--require-sandbox", is_flag=True, help="Refuse to run without bubblewrap.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(1, 86400),
-    default=None,
-    help=f"Seconds one notebook may run in total.  [default: {TOTAL_TIMEOUT}]",
-)
+@notebook_timeout_option
 @click.option(
     "--cell-timeout",
     type=click.FloatRange(1, 86400),
@@ -229,7 +239,7 @@ def grade(
     help="Seconds before a task taken by a vanished worker is handed out again.  "
     "[default: longer than the hard time limit]",
 )
-@click.option("--loglevel", default="INFO", show_default=True)
+@loglevel_option
 def worker(
     broker: str,
     concurrency: int | None,
@@ -275,12 +285,7 @@ def worker(
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of the journal of pulled, unanswered submissions (one per worker).",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(1, 86400),
-    default=None,
-    help=f"Seconds one notebook may run in total.  [default: {TOTAL_TIMEOUT}]",
-)
+@notebook_timeout_option
 @click.option(
     "--poll-max",
     type=click.FloatRange(0.1, 600),
@@ -288,7 +293,7 @@ def worker(
     show_default=True,
     help="Longest pause between two polls of an empty queue (seconds).",
 )
-@click.option("--loglevel", default="INFO", show_default=True)
+@loglevel_option
 def xqueue(
     url: str,
     queue_name: str,
@@ -354,11 +359,7 @@ def export() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The zip to upload as the assignment's autograder.",
 )
-@click.option(
-    "--rubric",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Rubric TOML file, checked and copied in.  [default: the shipped rubric]",
-)
+@export_rubric_option
 def export_gradescope_command(out: Path, rubric: Path | None) -> None:
     """Gradescope: a zip with setup.sh and run_autograder at its root (see README)."""
     from grader.errors import Unavailable, UsageError
@@ -388,11 +389,7 @@ def export_gradescope_command(out: Path, rubric: Path | None) -> None:
     metavar="PART_ID",
     help="The partId of an assignment part this grader grades (repeat for several).",
 )
-@click.option(
-    "--rubric",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Rubric TOML file, checked and copied in.  [default: the shipped rubric]",
-)
+@export_rubric_option
 def export_coursera_command(out: Path, parts: tuple[str, ...], rubric: Path | None) -> None:
     """Coursera (custom grader v2): a folder with a Dockerfile, for `coursera_autograder`."""
     from grader.errors import Unavailable, UsageError
