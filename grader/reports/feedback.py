@@ -15,9 +15,10 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from grader.models import CellRun, GradeResult
-from grader.reports.plot import curves_data_uri
+from grader.reports.plot import curves_svg
 from grader.reports.rendering import environment, write_atomic
 
 MAX_TRACEBACK_LINES = 30
@@ -92,6 +93,8 @@ def gradescope_json(result: GradeResult) -> dict:
             "kernel": execution.fate if execution else None,
             "kernel_origin": execution.kernel if execution else None,  # "warm": from the pool
             "notes": list(execution.notes) if execution else [],
+            # cells whose results came from a warm parent that ran the lab's own copy of them
+            "reused_cells": list(execution.reused_cells) if execution else [],
         },
     }
 
@@ -119,11 +122,11 @@ def _environment() -> jinja2.Environment:
     return environment({"points": _points, "short_traceback": short_traceback})
 
 
-def _plot(result: GradeResult) -> str | None:
+def _plot(result: GradeResult) -> Markup | None:
     if not result.reference_curves and not result.learner_curves:
         return None
     label = f"your {result.answer_name}" if result.answer_name else None
-    return curves_data_uri(result.learner_curves, result.reference_curves, label)
+    return curves_svg(result.learner_curves, result.reference_curves, label)
 
 
 def feedback_html(result: GradeResult) -> str:
