@@ -164,6 +164,12 @@ def serve(
     show_default=True,
     help="Learner column: the submission id, its first folder, or the file stem.",
 )
+@click.option(
+    "--no-reuse",
+    is_flag=True,
+    help="Run every cell of every notebook, even the lab's own first cells that a warm "
+    "parent has already run (same results, slower).",
+)
 def grade(
     paths: tuple[Path, ...],
     out: Path,
@@ -175,6 +181,7 @@ def grade(
     cell_timeout: float | None,
     broker: str | None,
     learner_from: str,
+    no_reuse: bool,
 ) -> None:
     """Grade notebooks: PATH is a notebook or a folder searched recursively.
 
@@ -201,7 +208,9 @@ def grade(
         limits = limits.model_copy(update={"total_timeout": timeout})
     if cell_timeout is not None:
         limits = limits.model_copy(update={"cell_timeout": cell_timeout})
-    options = GradeOptions(rubric_path=rubric, limits=limits, integrity=integrity)
+    options = GradeOptions(
+        rubric_path=rubric, limits=limits, integrity=integrity, reuse=not no_reuse
+    )
     try:
         options.rubric()
         code = grade_main(

@@ -113,6 +113,9 @@ class Execution(BaseModel):
     figures: list[Figure] = Field(default_factory=list)
     variables: dict[str, Variable] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)  # e.g. tensors detached for plotting
+    # cells not run in this kernel: the lab's own first cells, whose runs and records come
+    # from a warm parent that ran exactly them (issue 16; grader.execution.prefix)
+    reused_cells: list[int] = Field(default_factory=list)
     seconds: float = 0.0
     phases: dict[str, float] = Field(default_factory=dict)  # kernel_start, cells, teardown...
 

@@ -44,6 +44,9 @@ class GradeOptions(BaseModel):
     # The integrity key: each submission's secret seed is derived from it and the notebook's
     # sha256 (grader.grading.integrity). None with integrity: a fresh random key, so a random seed.
     secret_key: str | None = Field(default=None, repr=False)
+    # A pooled kernel may start from a warm parent that already ran the lab's own first cells
+    # (issue 16): same results, field by field; False (`--no-reuse`) runs every cell.
+    reuse: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -180,7 +183,9 @@ async def grade_submission(
     rubric = options.rubric()
     if options.integrity:
         rubric = rubric.with_integrity()
-    execution = await execute_async(submission.notebook, options.limits, pool=pool)
+    execution = await execute_async(
+        submission.notebook, options.limits, pool=pool, reuse=options.reuse
+    )
     result = await asyncio.to_thread(evaluate, execution, rubric)  # off the event loop
     # What the learner is shown of the time: the first run's only. The re-run's duration is
     # the learner's code's to choose, knowing the secret seed.

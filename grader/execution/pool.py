@@ -21,12 +21,22 @@ serves a portable run (`grader.execution.portable`); without them
 `open_pool` gives None and every notebook gets a fresh kernel. When a pool that was opened
 cannot hand out a kernel (its zygote does not start, a spawn fails), `execute_async` starts a
 fresh kernel instead and says so in the Execution's notes.
+
+Warm parents (issue 16): `acquire(limits, cells)` with a notebook's code cells forks its kernel
+from a parent that already ran the longest known prefix of the lab those cells start with
+(`grader.execution.prefix`), and hands back what the parent's probe recorded for them
+(`ForkedKernel.reused`). A parent is made the first time a prefix is asked for (the asking
+submission waits about as long as running those cells itself takes), runs only the lab's
+cells, lives in a cgroup and uid of its own, and dies with the pool; at most `MAX_PARENTS`
+live at once. A prefix whose parent could not run its cells is not tried again, and one whose
+parent died is made again only a few times: after that, those notebooks run in full.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -50,6 +60,8 @@ from grader.execution.launch import (
     ro_binds,
 )
 from grader.execution.limits import RunLimits
+from grader.execution.prefix import LabPrefix, PrefixRun, match
+from grader.execution.probe_reader import PROBE_SETTINGS
 from grader.execution.sandbox import SandboxedKernel, find_bwrap
 from grader.execution.uids import processes_of_uid
 
@@ -67,7 +79,11 @@ WARM_MODULES = [
 ]
 ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 START_TIMEOUT = 180.0
+RUN_TIMEOUT = 600.0  # at most, for a warm parent to run the lab's cells
+MAX_PARENTS = 3
+MAX_REMAKES = 3
 _SOURCE = (Path(__file__).parent / "in_kernel" / "zygote.py").read_text(encoding="utf-8")
+_PROBE = (Path(__file__).parent / "in_kernel" / "probe.py").read_text(encoding="utf-8")
 
 
 class PoolUnavailable(Unavailable, RuntimeError):
@@ -82,6 +98,8 @@ class ForkedKernel(SandboxedKernel):
     def __init__(self, limits: RunLimits, pool_dir: Path) -> None:
         self._pool_dir = pool_dir
         self._reapers: list[psutil.Process] = []  # the namespace's init and its parent
+        self.parent_key: str | None = None  # the warm parent it was forked from, if any
+        self.reused: PrefixRun | None = None  # what that parent ran and recorded
         super().__init__(limits)
 
     def _new_workdir(self) -> Path:
@@ -142,9 +160,34 @@ class ForkedKernel(SandboxedKernel):
                     proc.kill()
 
 
+class WarmParent(ForkedKernel):
+    """The process that ran a lab prefix and forks kernels from there (`in_kernel/zygote.py`:
+    `prefix_parent`). Handled like a kernel: its own uid, work dir and cgroup, killed with the
+    pool; it is never connected to, and no learner code runs in it."""
+
+    origin = "parent"
+
+    def attach(self) -> None:
+        """Find the parent (the one process of our uid) and put it in its own cgroup."""
+        assert self.uid is not None
+        procs = processes_of_uid(self.uid)
+        if len(procs) != 1:
+            raise PoolUnavailable(f"expected one warm parent for uid {self.uid}: {procs}")
+        self._kernel_proc = procs[0]
+        self._isolate()
+        if self.cgroup is not None:
+            self.cgroup.add(procs[0].pid)
+
+
 def _spawn_key(limits: RunLimits) -> tuple[object, ...]:
     """What a forked kernel is made with: two limits with equal keys get the same sandbox."""
     return (tuple(rlimits(limits, with_nproc=True)), limits.disk_mb)
+
+
+def _parent_key(prefix: LabPrefix, limits: RunLimits) -> str:
+    """One warm parent per prefix and sandbox (a kernel cannot raise its parent's rlimits)."""
+    sandbox = hashlib.sha256(json.dumps(_spawn_key(limits)).encode()).hexdigest()[:12]
+    return f"{prefix.key}-{sandbox}"
 
 
 class KernelPool:
@@ -162,6 +205,9 @@ class KernelPool:
         self._refill: threading.Thread | None = None
         self._closed = False
         self._closed_why = ""  # after close(): why acquire fails (until start() again)
+        # key -> the parent and what it ran; None: its parent failed, that prefix runs in full
+        self._parents: dict[str, tuple[WarmParent, PrefixRun] | None] = {}
+        self._remade: dict[str, int] = {}
 
     @staticmethod
     def available() -> bool:
@@ -249,21 +295,91 @@ class KernelPool:
             return ""
         return self._log.read_bytes()[-limit:].decode("utf-8", "replace")
 
-    def _spawn(self, limits: RunLimits) -> ForkedKernel:
+    def _spawn(self, limits: RunLimits, prefix: LabPrefix | None = None) -> ForkedKernel:
         with self._lock:
             try:
-                return self._spawn_locked(limits)
+                return self._spawn_locked(limits, prefix)
             except PoolUnavailable:
                 if self.proc is not None:
                     raise  # the zygote is alive: this spawn failed, the next may not
-            return self._spawn_locked(limits)  # the zygote had died: once more, restarted
+            return self._spawn_locked(limits, prefix)  # the zygote had died: once more
 
-    def _spawn_locked(self, limits: RunLimits) -> ForkedKernel:
+    def _send(self, request: dict[str, object], timeout: float) -> dict[str, object]:
+        """One request to the zygote and its answer; {} when it did not answer in time (the
+        zygote is then stopped: a late answer would be read as the next request's)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        reply = self._readline(timeout)
+        if not reply:
+            self._stop_locked()
+        return reply
+
+    def _parent_locked(self, limits: RunLimits, prefix: LabPrefix) -> tuple[str, PrefixRun] | None:
+        """The warm parent for `prefix` (made now if there is none yet), or None: no reuse."""
+        key = _parent_key(prefix, limits)
+        if key in self._parents:
+            entry = self._parents[key]
+            return None if entry is None else (key, entry[1])
+        if sum(1 for e in self._parents.values() if e is not None) >= MAX_PARENTS:
+            return None
+        assert self.pool_dir is not None
+        parent = WarmParent(limits, self.pool_dir)
+        self._parents[key] = None  # until it has run its cells
+        try:
+            request = {k: v for k, v in parent.request().items() if k != "argv"}
+            reply = self._send({**request, "op": "parent", "parent": key}, 30.0)
+            if not reply.get("ok"):
+                raise PoolUnavailable(f"no warm parent: {reply.get('error', 'no answer')}")
+            parent.attach()  # into its cgroup before it runs anything
+            budget = min(RUN_TIMEOUT, limits.total_timeout)
+            run_request: dict[str, object] = {
+                "op": "run",
+                "parent": key,
+                "timeout": budget,
+                "cells": list(prefix.cells),
+                "probe": _PROBE,
+                "settings": PROBE_SETTINGS,
+            }
+            reply = self._send(run_request, budget + 15.0)
+            if not reply.get("ok"):
+                raise PoolUnavailable(f"the warm parent failed: {reply.get('error', '')}")
+            run = PrefixRun.from_reply(prefix, reply)
+            if not run.records:
+                raise PoolUnavailable("the warm parent ran none of the lab's cells")
+        except (OSError, PoolUnavailable, ValueError, TypeError):
+            parent.cleanup()
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    self._send({"op": "drop", "parent": key}, 10.0)
+            return None
+        self._parents[key] = (parent, run)
+        return key, run
+
+    def _spawn_locked(self, limits: RunLimits, prefix: LabPrefix | None = None) -> ForkedKernel:
         self._start_locked(START_TIMEOUT)
+        warm = self._parent_locked(limits, prefix) if prefix is not None else None
+        if self.proc is None:
+            raise PoolUnavailable("the zygote stopped answering")
+        if warm is None:
+            return self._fork_locked(limits, None)
+        try:
+            return self._fork_locked(limits, warm)
+        except PoolUnavailable:
+            self._forget_parent(warm[0])  # it is made again on the next ask (a few times)
+            if self.proc is None:
+                raise
+            return self._fork_locked(limits, None)  # this one runs every cell
+
+    def _fork_locked(self, limits: RunLimits, warm: tuple[str, PrefixRun] | None) -> ForkedKernel:
+        """One kernel forked by the zygote, or by the warm parent `warm` names."""
         assert self.proc is not None and self.proc.stdin is not None and self.pool_dir
         kernel = ForkedKernel(limits, self.pool_dir)
         try:
-            self.proc.stdin.write((json.dumps(kernel.request()) + "\n").encode())
+            request = kernel.request()
+            if warm is not None:
+                request["parent"], kernel.parent_key, kernel.reused = warm[0], warm[0], warm[1]
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
             reply = self._readline(30.0)
             if not reply:  # no answer: the zygote is gone or wedged, and a late answer
@@ -282,42 +398,58 @@ class KernelPool:
             raise PoolUnavailable(str(exc)) from exc
         return kernel
 
-    async def acquire(self, limits: RunLimits) -> ForkedKernel:
-        """A started kernel of its own, forked from the warm zygote.
+    def _forget_parent(self, key: str) -> None:
+        """A parent that stopped serving (killed, out of CPU time): made anew when next asked
+        for, up to MAX_REMAKES times; then that prefix runs in full for the pool's life."""
+        entry = self._parents.pop(key, None)
+        if entry is not None:
+            entry[0].cleanup()
+        self._remade[key] = self._remade.get(key, 0) + 1
+        if self._remade[key] > MAX_REMAKES:
+            self._parents[key] = None
+
+    async def acquire(self, limits: RunLimits, cells: Sequence[str] = ()) -> ForkedKernel:
+        """A started kernel of its own, forked from the warm zygote, or from the warm parent
+        of the lab prefix `cells` (a notebook's non-empty code cells) begins with: then its
+        `reused` says which of those cells it need not run, and what they recorded.
 
         The kernel started ahead of need is handed out when it was made for the same
-        rlimits; then the next one is forked in the background, so a submission's kernel
-        has usually finished booting before the submission asks for it.
+        rlimits and prefix; then the next one is forked in the background, so a submission's
+        kernel has usually finished booting before the submission asks for it.
         """
-        kernel = self._take_spare(limits)
+        prefix = match(cells) if cells else None
+        kernel = self._take_spare(limits, prefix)
         if kernel is None:
-            kernel = await asyncio.to_thread(self._spawn, limits)
-        self._start_refill(limits)
+            kernel = await asyncio.to_thread(self._spawn, limits, prefix)
+        self._start_refill(limits, prefix)
         return kernel
 
-    def _take_spare(self, limits: RunLimits) -> ForkedKernel | None:
+    def _take_spare(self, limits: RunLimits, prefix: LabPrefix | None) -> ForkedKernel | None:
         with self._spare_lock:
             spare, self._spare = self._spare, None
         if spare is None:
             return None
-        if spare.alive() and _spawn_key(spare.limits) == _spawn_key(limits):
+        same_start = (spare.reused.prefix if spare.reused else None) == prefix
+        if spare.alive() and same_start and _spawn_key(spare.limits) == _spawn_key(limits):
             spare.limits = limits  # same sandbox; the time budgets may differ
             return spare
         spare.cleanup()
         return None
 
-    def _start_refill(self, limits: RunLimits) -> None:
+    def _start_refill(self, limits: RunLimits, prefix: LabPrefix | None = None) -> None:
         with self._spare_lock:
             busy = self._refill is not None and self._refill.is_alive()
             if not self._keep_spare or self._closed or busy or self._spare is not None:
                 return
-            self._refill = threading.Thread(target=self._make_spare, args=(limits,), daemon=True)
+            self._refill = threading.Thread(
+                target=self._make_spare, args=(limits, prefix), daemon=True
+            )
             self._refill.start()
 
-    def _make_spare(self, limits: RunLimits) -> None:
+    def _make_spare(self, limits: RunLimits, prefix: LabPrefix | None = None) -> None:
         kernel: ForkedKernel | None
         try:
-            kernel = self._spawn(limits)
+            kernel = self._spawn(limits, prefix)
         except (PoolUnavailable, OSError, RuntimeError):
             return  # no spare this time; acquire forks on demand
         with self._spare_lock:
@@ -350,6 +482,10 @@ class KernelPool:
             spare.cleanup()
 
     def _stop_locked(self) -> None:
+        parents, self._parents = self._parents, {}
+        for entry in parents.values():  # they die with the zygote; their cgroups and uids here
+            if entry is not None:
+                entry[0].cleanup()
         if self.proc is not None:
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:

@@ -16,6 +16,13 @@ is a "died" cell, a ProtocolError saying why); the client keeps no outputs, comm
 state; stdin is never offered, so `input()` fails at once; and every wait on the kernel has a
 deadline that is checked for every message read, so a flood cannot hold a loop open past it.
 
+A notebook that begins with a known version of the lab's own cells may get a kernel forked
+from a warm parent that already ran them (issue 16, `grader.execution.prefix`, the pool): then
+those cells are not run again, the parent's probe records for them are read here as if the
+kernel had just sent them (through the same untrusted-input reader), the fresh probe is primed
+with the parent probe's state, and `Execution.reused_cells` names them. `reuse=False`, or a
+seed override (the integrity re-run: the lab's seed cell must see that seed), runs everything.
+
 `execute_async` never raises for anything the notebook does; only `SandboxUnavailable` (when
 `require_sandbox` is set and bwrap is missing, or the run would be portable) and genuine
 harness bugs escape.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+from collections.abc import Sequence
 from time import monotonic
 from typing import Any, Literal, Protocol
 
@@ -44,6 +52,7 @@ from grader.execution.kernel_client import (
 from grader.execution.limits import RunLimits
 from grader.execution.pool import PoolUnavailable
 from grader.execution.portable import PortableKernel, run_sync, use_portable
+from grader.execution.prefix import PrefixRun, prime_code
 from grader.execution.probe_reader import (
     FLUSH_CODE,
     INPUT_MESSAGE,
@@ -70,7 +79,7 @@ class KernelSource(Protocol):
     """Something that hands out started kernels (the warm pool); raises PoolUnavailable when
     it cannot (the notebook then runs in a fresh kernel, and its Execution says so)."""
 
-    async def acquire(self, limits: RunLimits) -> Kernel: ...
+    async def acquire(self, limits: RunLimits, cells: Sequence[str] = ()) -> Kernel: ...
 
 
 def shorten_traceback(lines: list[str]) -> str:
@@ -87,7 +96,7 @@ def shorten_traceback(lines: list[str]) -> str:
 
 
 async def _ready_kernel(
-    limits: RunLimits, pool: KernelSource | None, notes: list[str]
+    limits: RunLimits, pool: KernelSource | None, notes: list[str], cells: Sequence[str] = ()
 ) -> tuple[Kernel, GuardedKernelClient | None, zmq.asyncio.Context | None, str]:
     """A started kernel and a client that heard it answer, or the kernel and why not.
 
@@ -95,7 +104,7 @@ async def _ready_kernel(
     say): that is the pool's failure, not the learner's, so it is replaced once.
     """
     for attempt in range(2):
-        kernel = await _start_kernel(limits, pool, notes)
+        kernel = await _start_kernel(limits, pool, notes, cells)
         try:
             kc, context = await connect(kernel)
             return kernel, kc, context, ""
@@ -185,12 +194,22 @@ async def _run_cells(
     nb: nbformat.NotebookNode,
     limits: RunLimits,
     ex: Execution,
+    reused: PrefixRun | None = None,
 ) -> int | None:
-    """Run every code cell; fill ex.cells, ex.fate, ex.fate_cell. Returns last cell run."""
-    deadline = monotonic() + limits.total_timeout
+    """Run every code cell; fill ex.cells, ex.fate, ex.fate_cell. Returns last cell run.
+
+    The cells `reused` covers are not run: their runs and records come from the warm parent,
+    and the time they took there counts against the notebook's budget as if they ran here."""
+    spent = sum(reused.seconds) if reused else 0.0
+    deadline = monotonic() + limits.total_timeout - spent
     last = None
-    for index, cell in enumerate(nb.cells):
-        if cell.get("cell_type") != "code" or not str(cell.get("source", "")).strip():
+    skip = len(reused.records) if reused else 0
+    for ordinal, (index, cell) in enumerate(_code_cells(nb)):
+        if ordinal < skip:
+            assert reused is not None
+            ex.cells.append(CellRun(index=index, status="ok", seconds=reused.seconds[ordinal]))
+            ex.reused_cells.append(index)
+            last = index
             continue
         if ex.fate != "ok":
             ex.cells.append(CellRun(index=index, status="not_run"))
@@ -215,24 +234,53 @@ async def _run_cells(
     return last
 
 
+def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, nbformat.NotebookNode]]:
+    """The cells the runner runs, with their notebook indices: code cells with some source."""
+    return [
+        (index, cell)
+        for index, cell in enumerate(nb.cells)
+        if cell.get("cell_type") == "code" and str(cell.get("source", "")).strip()
+    ]
+
+
+def _replay(reader: ProbeReader, reused: PrefixRun, nb: nbformat.NotebookNode) -> None:
+    """Feed the parent's records for the reused cells to `reader`, each against its cell."""
+    for (index, _), records in zip(_code_cells(nb), reused.records, strict=False):
+        for text in records:
+            reader.feed(
+                {"msg_type": "display_data", "content": {"data": {reader.mime: text}}}, index
+            )
+
+
 def pool_note(problem: PoolUnavailable) -> str:
     """The Execution's note when the pool it was given could not hand out a kernel."""
     reason = (str(problem).strip().splitlines() or ["no reason given"])[0][:POOL_REASON_CHARS]
     return f"the warm pool could not be used ({reason}); this run was started from scratch"
 
 
-async def _start_kernel(limits: RunLimits, pool: KernelSource | None, notes: list[str]) -> Kernel:
+async def _start_kernel(
+    limits: RunLimits, pool: KernelSource | None, notes: list[str], cells: Sequence[str] = ()
+) -> Kernel:
     """A started kernel: forked from `pool` when one is given, else a fresh one. A fresh one
     too when the pool fails (the run is as sound, only slower): that goes into `notes`.
-    The portable kernel (`grader.execution.portable.use_portable`) never comes from a pool."""
+    The portable kernel (`grader.execution.portable.use_portable`) never comes from a pool.
+
+    `cells`: the notebook's code cells, when a kernel that already ran a known lab prefix of
+    them is welcome (its `reused` then says how many, and must agree with them)."""
     portable = use_portable(limits)
     if pool is not None and not portable:
         try:
+            pooled = await (pool.acquire(limits, cells) if cells else pool.acquire(limits))
+            reused: PrefixRun | None = getattr(pooled, "reused", None)
+            if reused is None or list(reused.prefix.cells) == list(cells[: len(reused.records)]):
+                return pooled
+            pooled.cleanup()  # not this notebook's prefix: never trust it, run in full
             return await pool.acquire(limits)
         except PoolUnavailable as problem:
             notes.append(pool_note(problem))
-    kernel: PortableKernel | SandboxedKernel
-    kernel = PortableKernel(limits) if portable else SandboxedKernel(limits)
+    kernel: PortableKernel | SandboxedKernel = (
+        PortableKernel(limits) if portable else SandboxedKernel(limits)
+    )
     try:
         kernel.start()
     except BaseException:
@@ -247,9 +295,13 @@ async def execute_async(
     *,
     seed_override: int | None = None,
     pool: KernelSource | None = None,
+    reuse: bool = True,
 ) -> Execution:
     """Run the notebook's code cells in a kernel of its own, forked from `pool` when one is
-    given, else fresh; never raises for learner behaviour."""
+    given, else fresh; never raises for learner behaviour.
+
+    `reuse`: a pooled kernel may start from a warm parent that ran the lab's own first cells
+    (never with `seed_override`); False runs every cell here."""
     limits = limits or RunLimits()
     nb = nbformat.from_dict(copy.deepcopy(dict(nb)))
     started = monotonic()
@@ -257,7 +309,10 @@ async def execute_async(
     reader = ProbeReader(new_mime())
     mark = monotonic()
     pool_notes: list[str] = []  # last among the notes: readers look for the kernel's own first
-    kernel, kc, context, error = await _ready_kernel(limits, pool, pool_notes)
+    wanted = reuse and seed_override is None and pool is not None
+    cells = [str(cell.get("source", "")) for _, cell in _code_cells(nb)] if wanted else []
+    kernel, kc, context, error = await _ready_kernel(limits, pool, pool_notes, cells)
+    reused: PrefixRun | None = getattr(kernel, "reused", None) if cells else None
     origin: Literal["fresh", "warm"] = "warm" if kernel.origin == "warm" else "fresh"
     ex = Execution(fate="not_started", sandbox=kernel.sandbox, kernel=origin)
 
@@ -290,11 +345,19 @@ async def execute_async(
                 "probe could not be installed: "
                 f"{reply['content'].get('ename', '')} {reply['content'].get('evalue', '')}"
             )
+        if reused is not None:
+            try:
+                reply = await run_silent(kc, kernel, prime_code(reused), PROBE_TIMEOUT, reader, 0)
+            except TimeoutError:
+                reply = {"content": {"status": "error", "ename": "Timeout", "evalue": ""}}
+            if reply["content"].get("status") != "ok":
+                ex.notes.append("the probe could not take over from the warm parent")
+            _replay(reader, reused, nb)
         kernel.seal()
         phase("probe")
         client = CellClient(nb, reader, km=None, allow_errors=True, timeout=None)
         client.kc = kc
-        last = await _run_cells(client, kernel, kc, nb, limits, ex)
+        last = await _run_cells(client, kernel, kc, nb, limits, ex, reused)
         phase("cells")
         if ex.fate == "ok" and last is not None and kernel.alive():
             try:
@@ -324,6 +387,7 @@ def execute(
     *,
     seed_override: int | None = None,
     pool: KernelSource | None = None,
+    reuse: bool = True,
 ) -> Execution:
     """Synchronous wrapper around `execute_async` (runs its own event loop)."""
-    return run_sync(execute_async(nb, limits, seed_override=seed_override, pool=pool))
+    return run_sync(execute_async(nb, limits, seed_override=seed_override, pool=pool, reuse=reuse))

@@ -14,16 +14,12 @@ fraction counts every check, as the grade does.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from grader.errors import UsageError
 from grader.execution.limits import RunLimits
@@ -33,10 +29,9 @@ from grader.platforms.memory import limits_for_container
 from grader.platforms.uploads import WrongUpload, grade_upload, script_instead, wrong_upload_result
 from grader.reports.feedback import feedback_html
 from grader.reports.learner_view import learner_view
-from grader.reports.plot import curves_png
 from grader.reports.rendering import write_atomic
 
-# Coursera shows rich feedback up to 64 KB; the page is ~9 KB, its small plot ~30 KB more.
+# Coursera shows rich feedback up to 64 KB; the page is ~9 KB, its picture ~5 KB more.
 MAX_HTML_BYTES = 64 * 1024 - 512
 MAX_CONFIG_BYTES = 64 * 1024
 SCRIPT_SUFFIXES = (".py", ".pyw")
@@ -74,25 +69,11 @@ def text_feedback(result: GradeResult) -> str:
     return "\n".join(lines)
 
 
-def small_plot(result: GradeResult) -> str | None:
-    """The page's loss-curve picture as a 64-colour PNG data URI: the full-colour one is
-    ~130 KB, this one ~25 KB and alike to the eye (lines on white need few colours)."""
-    shown = learner_view(result).result
-    if not shown.learner_curves and not shown.reference_curves:
-        return None
-    label = f"your {shown.answer_name}" if shown.answer_name else None
-    png = curves_png(shown.learner_curves, shown.reference_curves, label)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    quantized = image.quantize(colors=64, dither=Image.Dither.NONE)
-    out = io.BytesIO()
-    quantized.save(out, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
-
 def html_feedback(result: GradeResult) -> str:
-    """The feedback page, under Coursera's size limit: with a small plot, else without it,
-    else the text form in a minimal page (a long traceback or many notes can push it over)."""
-    for plot in (small_plot(result) or False, False):
+    """The feedback page, under Coursera's size limit: with its picture (inline SVG, a few
+    KB), else without it, else the text form in a minimal page (a long traceback or many
+    notes can push it over)."""
+    for plot in (True, False):
         page = feedback_html(result, plot=plot)
         if len(page.encode("utf-8")) <= MAX_HTML_BYTES:
             return page

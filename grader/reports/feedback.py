@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from grader import TESTED_TORCH
 from grader.models import ALWAYS_SHOWN, CellRun, CheckId, CheckResult, GradeResult, Reveal
 from grader.reports.learner_view import LearnerView, learner_view
-from grader.reports.plot import ANSWER_KEY, curves_data_uri
+from grader.reports.plot import ANSWER_KEY, curves_data_uri, curves_svg
 from grader.reports.rendering import environment, write_atomic
 
 MAX_TRACEBACK_LINES = 30
@@ -191,15 +192,15 @@ def _test_output(check: CheckResult, result: GradeResult, picture: str | None) -
     return "\n\n".join(part for part in parts if part)
 
 
-def gradescope_json(result: GradeResult, *, plot: bool | str = True) -> dict[str, Any]:
+def gradescope_json(result: GradeResult, *, plot: bool = True) -> dict[str, Any]:
     """results.json content in Gradescope's autograder schema (plus our `extra_data`).
 
     Each test carries its check's visibility, which Gradescope honours (it hides the total
     score from learners while any test is hidden); the top-level `output` is what every
     learner may see at once. `plot`: True draws the loss-curve picture into the
-    loss20.values test (a data URI, ~100 KB), a string is an already drawn data URI, False
-    leaves the picture out (the table of numbers stays)."""
-    picture = plot if isinstance(plot, str) else (_plot(result) if plot else None)
+    loss20.values test (an SVG data URI, a few KB), False leaves the picture out (the table
+    of numbers stays)."""
+    picture = _picture_uri(result) if plot else None
     tests = [
         {
             "name": check.name,
@@ -243,6 +244,8 @@ def gradescope_json(result: GradeResult, *, plot: bool | str = True) -> dict[str
             "kernel": execution.fate if execution else None,
             "kernel_origin": execution.kernel if execution else None,  # "warm": from the pool
             "notes": list(execution.notes) if execution else [],
+            # cells whose results came from a warm parent that ran the lab's own copy of them
+            "reused_cells": list(execution.reused_cells) if execution else [],
         },
     }
 
@@ -270,26 +273,33 @@ def _environment() -> jinja2.Environment:
     return environment({"points": _points, "short_traceback": short_traceback})
 
 
-def _plot(result: GradeResult) -> str | None:
+def _plot(result: GradeResult) -> Markup | None:
+    """The page's picture, inline SVG drawn from the curves (None when there are none)."""
+    if not result.reference_curves and not result.learner_curves:
+        return None
+    label = f"your {result.answer_name}" if result.answer_name else None
+    return curves_svg(result.learner_curves, result.reference_curves, label)
+
+
+def _picture_uri(result: GradeResult) -> str | None:
+    """The same picture as a data URI, for Markdown's image syntax (results.json)."""
     if not result.reference_curves and not result.learner_curves:
         return None
     label = f"your {result.answer_name}" if result.answer_name else None
     return curves_data_uri(result.learner_curves, result.reference_curves, label)
 
 
-def feedback_html(
-    result: GradeResult, *, reveal: Reveal = ALWAYS_SHOWN, plot: bool | str = True
-) -> str:
+def feedback_html(result: GradeResult, *, reveal: Reveal = ALWAYS_SHOWN, plot: bool = True) -> str:
     """A self-contained page for the learner: no scripts, no external assets.
 
     Only the checks whose visibility is in `reveal` are on it, and nothing that gives the
-    others away (`learner_view`). `plot`: as in `gradescope_json`; a picture is shown only
+    others away (`learner_view`). `plot`: False leaves the picture out; it is shown only
     while the learner may see the curves."""
     view = learner_view(result, reveal)
     shown = view.result
     picture = None
     if shown.learner_curves or shown.reference_curves:
-        picture = plot if isinstance(plot, str) else (_plot(shown) if plot else None)
+        picture = _plot(shown) if plot else None
     template = _environment().get_template("feedback.html.j2")
     cells = failing_cells(shown)
     total_bad = (
@@ -322,16 +332,13 @@ def write_reports(
     reveal: Reveal = ALWAYS_SHOWN,
     learner_copy: bool = False,
 ) -> None:
-    """out_dir/results.json and out_dir/feedback.html (the picture is drawn once for both).
+    """out_dir/results.json and out_dir/feedback.html (the picture costs about a millisecond).
 
     The page shows the checks in `reveal`. results.json keeps every check with its
     visibility (for a platform to honour), unless `learner_copy`: then it too holds only
     what the learner may see now (the pytest plugin writes into the learner's own folder)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    picture = _plot(result) or False
-    data = gradescope_json(
-        learner_view(result, reveal).result if learner_copy else result, plot=picture
-    )
+    data = gradescope_json(learner_view(result, reveal).result if learner_copy else result)
     write_atomic(out_dir / "results.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    write_atomic(out_dir / "feedback.html", feedback_html(result, reveal=reveal, plot=picture))
+    write_atomic(out_dir / "feedback.html", feedback_html(result, reveal=reveal))

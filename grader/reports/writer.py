@@ -1,11 +1,11 @@
 """Report folders written behind the grading, in a process of their own.
 
-Drawing a submission's feedback picture is the slowest part of its reports (a few tenths of
-a second of matplotlib, nearly all of it holding the GIL). Done in the harness process,
-inline or on a thread, it starves the event loop that feeds the kernels: every other job's
-kernel waits at its next cell. The batch hands each finished grade to one writer process
-instead and moves on. The gradebook row is written first, so a report lost to a kill is
-rewritten on the next run; if the writer process cannot run, reports are written inline.
+Whatever a report costs (the feedback picture was a few tenths of a second of matplotlib;
+it is now a few milliseconds of SVG text), none of it runs on the event loop that feeds the
+kernels: the batch hands each finished grade to one writer process and moves on. Only what a
+report shows crosses over (not the kernel's recorded figures and variables, ~100 kB per
+notebook of the solved lab). The gradebook row is written first, so a report lost to a kill
+is rewritten on the next run; if the writer process cannot run, reports are written inline.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class BackgroundReports:
         if self._pool is not None:
             self._room.acquire()
             try:
-                future = self._pool.submit(write_reports_or_say, result, folder, self._reveal)
+                future = self._pool.submit(
+                    write_reports_or_say, for_reports(result), folder, self._reveal
+                )
             except (BrokenProcessPool, RuntimeError):
                 self._room.release()
                 self._pool = None
@@ -71,6 +73,15 @@ class BackgroundReports:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def for_reports(result: GradeResult) -> GradeResult:
+    """The result without what no report shows: the kernel's recorded figures and variables
+    (the checks have read them; the picture is drawn from the curves)."""
+    if result.execution is None:
+        return result
+    execution = result.execution.model_copy(update={"figures": [], "variables": {}})
+    return result.model_copy(update={"execution": execution})
 
 
 def write_reports_or_say(result: GradeResult, folder: Path, reveal: Reveal = ALWAYS_SHOWN) -> str:

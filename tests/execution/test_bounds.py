@@ -28,6 +28,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 import grader.pipeline
 from grader.execution.kernel_client import CellClient
 from grader.execution.probe_reader import (
+    CACHED_RECORD_BYTES,
     MAX_AXES,
     MAX_FIGURE_LINES,
     MAX_FIGURE_VALUES,
@@ -236,6 +237,34 @@ def test_probe_reader_enforces_the_probe_caps_and_run_totals() -> None:
     assert reader.finish()[0].endswith("probe record(s) were malformed or too large and ignored")
 
 
+def test_records_a_class_repeats_are_read_alike_into_models_of_their_own() -> None:
+    """The same record text in two runs (the lab's own figures, a replayed prefix) is decoded
+    once, but each run gets its own models: changing one run's does not touch the other's."""
+    variables = {"L": {"type_name": "list", "values": [1.0, math.nan, math.inf], "length": 3}}
+    records = [
+        _figure_record(lines=2, values=240, label="data"),
+        json.dumps({"kind": "variables", "set": variables, "deleted": []}),
+    ]
+    first, second = ProbeReader(new_mime()), ProbeReader(new_mime())
+    for reader, cell in ((first, 3), (second, 7)):
+        for text in records:
+            _feed(reader, "".join(text), cell)  # a new string each time, as from a message
+    assert first.figures[0].axes == second.figures[0].axes
+    assert (first.figures[0].cell, second.figures[0].cell) == (3, 7)
+    first.figures[0].axes[0].lines[0].y[0] = -1.0
+    first.variables["L"].values.append(2.0)
+    assert second.figures[0].axes[0].lines[0].y[0] == 1.5
+    assert second.variables["L"].values[:1] == [1.0] and len(second.variables["L"].values) == 3
+    assert first.finish() == second.finish() == []
+    # a cached record is still held to the caps of the run that receives it
+    record = _figure_record(axes=10, lines=MAX_LINES, values=0)
+    assert len(record) <= CACHED_RECORD_BYTES  # decoded once, read 12 times
+    small = ProbeReader(new_mime())
+    for _ in range(12):
+        _feed(small, record)
+    assert len(small.figures) == MAX_FIGURE_LINES // (10 * MAX_LINES) and small.finish()
+
+
 # ---- the answer search and evaluate -------------------------------------------------------------
 
 
@@ -308,7 +337,7 @@ def test_answers_are_found_by_alias_value_and_window_as_before() -> None:
 def test_the_pipeline_evaluates_off_the_event_loop(monkeypatch) -> None:
     threads: dict[str, int] = {}
 
-    async def fake_execute(nb, limits, seed_override=None, pool=None):
+    async def fake_execute(nb, limits, seed_override=None, pool=None, reuse=True):
         threads["loop"] = threading.get_ident()
         return Execution(fate="ok", sandbox="x", cells=[CellRun(index=0, status="ok")])
 

@@ -163,9 +163,47 @@ def test_a_dead_zygote_is_replaced(pool: KernelPool) -> None:
     assert pool.proc is not None and pool.proc.pid != old and pool.proc.poll() is None
 
 
+def test_a_kernel_forked_from_a_warm_parent_keeps_the_walls(pool: KernelPool) -> None:
+    """Issue 16: after the lab's own cells, run in a warm parent, the learner's cells meet the
+    same walls as in any pooled kernel; the parent itself runs without root or capabilities,
+    as a uid of its own, in a cgroup of its own."""
+    lab = [c for c in nbformat.read(LAB, as_version=4).cells if c.cell_type == "code"][:25]
+    listener = Listener()
+    secret = Path(f"/tmp/mbgd-secret-{secrets.token_hex(6)}")
+    secret.write_text("top secret")
+    try:
+        cells = probe_cells(listener.port, [secret])
+        nb = new_notebook(cells=[*lab, *(new_code_cell(src) for src in cells.values())])
+        limits = RunLimits(cell_timeout=20, memory_mb=1536, max_file_mb=8, disk_mb=16)
+        ex = execute(nb, limits, pool=pool)
+    finally:
+        secret.unlink()
+        listener.close()
+    assert ex.reused_cells == list(range(25))
+    status = {name: run.status for name, run in zip(cells, ex.cells[25:], strict=True)}
+    assert status["control"] == status["env"] == status["uid"] == status["processes"] == "ok"
+    assert status["loopback"] == status["read_0"] == status["write_system"] == "error"
+    assert status["userns"] == "error" and listener.accepted == []
+    assert status["file_size"] == status["memory"] == "error"
+    assert status["disk_full"] == status["tmp_full"] == status["host_dir"] == "error"
+    assert "Y" in ex.variables and ex.variables["Y"].cell == 3  # the lab's data, from its cell
+    parents = [entry[0] for entry in pool._parents.values() if entry is not None]
+    assert parents
+    for parent in parents:
+        proc = parent._kernel_proc
+        assert proc is not None and proc.is_running()
+        assert proc.uids().real == proc.uids().effective == parent.uid != 0
+        assert parent.uid != int(ex.variables["UID"].values[0])
+        status_text = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "CapEff:\t0000000000000000" in status_text
+        assert "\nThreads:\t1\n" in status_text  # nothing of a thread pool is forked
+        if parent.cgroup is not None:
+            assert parent.cgroup.members() == [proc.pid]
+
+
 def comparable(ex: Execution) -> dict:
-    """Everything but timings and where the kernel came from."""
-    data = ex.model_dump(exclude={"seconds", "phases", "kernel"})
+    """Everything but timings, where the kernel came from and which cells it did not run."""
+    data = ex.model_dump(exclude={"seconds", "phases", "kernel", "reused_cells"})
     for cell in data["cells"]:
         cell.pop("seconds")
     return data
@@ -174,8 +212,21 @@ def comparable(ex: Execution) -> dict:
 def test_results_are_identical_with_and_without_the_pool(pool: KernelPool) -> None:
     nb = nbformat.read(LAB, as_version=4)
     nb.cells.append(new_code_cell("import torch\ntorch.ones(2) @ torch.ones(3)"))
+    # the history and a traceback through a function the lab defined (issue 16: the pooled
+    # kernel is forked after the lab's cells, from a warm parent that ran them)
+    nb.cells.append(new_code_cell("H = [len(In), len(Out), len(_ih)]\ncriterion(None, 1)"))
     fresh = execute(nb, LIMITS)
     pooled = __import__("asyncio").run(execute_async(nb, LIMITS, pool=pool))
     assert fresh.fate == "ok" and len(fresh.figures) > 40 and "LOSS20" in fresh.variables
     assert (fresh.kernel, pooled.kernel) == ("fresh", "warm")
+    assert pooled.reused_cells and not fresh.reused_cells  # forked after the lab's cells
+    assert "Cell In[" in pooled.cells[-1].traceback and "in criterion" in pooled.cells[-1].traceback
     assert comparable(pooled) == comparable(fresh)
+
+
+def test_the_secret_seed_rerun_never_starts_from_the_labs_prefix(pool: KernelPool) -> None:
+    """The lab's seed cell must see the override: a warm parent ran it with seed 1."""
+    nb = nbformat.read(LAB, as_version=4)
+    ex = __import__("asyncio").run(execute_async(nb, LIMITS, pool=pool, seed_override=7))
+    assert ex.fate == "ok" and ex.reused_cells == []
+    assert ex.variables["Y"].values == pytest.approx(make_data(7).Y.flatten().tolist())

@@ -6,6 +6,7 @@ No kernel runs here: the fresh kernel and the connection to it are stand-ins.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -43,7 +44,7 @@ class _BrokenPool:
     def __init__(self) -> None:
         self.asked = 0
 
-    async def acquire(self, limits: RunLimits) -> runner.Kernel:
+    async def acquire(self, limits: RunLimits, cells: Sequence[str] = ()) -> runner.Kernel:
         self.asked += 1
         raise PoolUnavailable("the zygote did not answer\n(and a long log tail after it)")
 

@@ -115,7 +115,7 @@ def test_nothing_of_the_rerun_reaches_the_learner(monkeypatch, caplog, follows):
     runs: list[int | None] = []
     rerun_seconds = 0.5
 
-    async def fake_execute(nb, limits, *, seed_override=None, pool=None):
+    async def fake_execute(nb, limits, *, seed_override=None, pool=None, reuse=True):
         runs.append(seed_override)
         if seed_override is None:
             return _execution(expected()["LOSS20"])
@@ -149,7 +149,7 @@ def test_nothing_of_the_rerun_reaches_the_learner(monkeypatch, caplog, follows):
 
 
 def test_a_rerun_that_could_not_start_is_no_verdict(monkeypatch):
-    async def fake_execute(nb, limits, *, seed_override=None, pool=None):
+    async def fake_execute(nb, limits, *, seed_override=None, pool=None, reuse=True):
         if seed_override is None:
             return _execution(expected()["LOSS20"])
         return Execution(fate="not_started", sandbox="test", notes=[f"seed {seed_override}"])

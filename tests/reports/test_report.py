@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import io
 import json
 import math
 import os
 import re
 import stat
+import xml.etree.ElementTree as ET
 
-import matplotlib.image
 import nbformat
 import pytest
 from markdown_it import MarkdownIt
@@ -32,12 +31,12 @@ from grader.reports.feedback import (
     torch_note,
     write_reports,
 )
-from grader.reports.plot import clean_label, curves_png
+from grader.reports.plot import DRAWN_POINTS, clean_label, curves_data_uri, curves_svg
 from reference import LabSettings, expected, mistake_variants
 from tests.helpers import markdown_text
 
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _reference_curves() -> list[Curve]:
@@ -113,10 +112,36 @@ def _hand_made(**changes) -> GradeResult:
     return GradeResult(**fields)
 
 
-def _embedded_png(page: str) -> bytes:
-    match = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert match, "the feedback page has no inline PNG"
-    return base64.b64decode(match.group(1))
+def _embedded_svg(page: str) -> ET.Element:
+    """The page's picture, parsed as XML (which also proves it is well-formed)."""
+    match = re.search(r"<svg .*?</svg>", page, re.DOTALL)
+    assert match, "the feedback page has no inline SVG"
+    root = ET.fromstring(match.group(0))
+    assert root.tag == f"{SVG}svg"
+    return root
+
+
+def _curves(svg: ET.Element, kind: str) -> dict[str, list[list[tuple[float, float]]]]:
+    """label -> the point lists of each drawn curve of this kind ('yours', 'reference'...)."""
+    found: dict[str, list[list[tuple[float, float]]]] = {}
+    for group in svg.iter(f"{SVG}g"):
+        if group.get("class") == f"curve {kind}":
+            segments = [
+                [tuple(map(float, p.split(","))) for p in line.get("points").split()]
+                for line in group.iter(f"{SVG}polyline")
+            ]
+            assert group.find(f"{SVG}title").text == group.get("data-label")
+            found.setdefault(group.get("data-label"), []).extend(segments)
+    return found
+
+
+def _legend(svg: ET.Element) -> list[str]:
+    return [
+        text.text
+        for entry in svg.iter(f"{SVG}g")
+        if entry.get("class") == "legend-entry"
+        for text in entry.iter(f"{SVG}text")
+    ]
 
 
 # Gradescope's autograder specification (gradescope/autograder_samples, docs/specs.md):
@@ -183,12 +208,15 @@ def test_gradescope_json_shows_the_loss_curve_with_the_values_check():
     values = data["tests"][1]
     assert values["extra_data"]["id"] == "loss20.values"
     rendered = MarkdownIt().render(values["output"])
-    image = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"', rendered)
+    # Markdown image syntax around an SVG data URI (markdown-it, like many sanitizers, will
+    # not render an SVG data URI, so the picture is read from the Markdown source)
+    image = re.search(
+        r"!\[([^\]]*)\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", values["output"]
+    )
     assert image, "no picture in the values check"
-    png = base64.b64decode(image.group(1))
-    assert png.startswith(PNG_MAGIC)
-    assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[1] > 800
-    assert "against the reference" in image.group(2)
+    svg = ET.fromstring(base64.b64decode(image.group(2)))
+    assert svg.tag.endswith("svg") and not svg.findall(".//{*}script")
+    assert "against the reference" in image.group(1)
     table = re.search(r"<pre><code[^>]*>(.*?)</code></pre>", rendered, re.S)
     assert table
     rows = [line.split() for line in html.unescape(table.group(1)).splitlines()[1:]]
@@ -229,7 +257,7 @@ def test_gradescope_markdown_cannot_be_driven_by_the_learner():
         # a picture only of ours (a data URI), the table and traceback only in code blocks
         assert tags <= {"p", "br", "strong", "pre", "code", "img"}, tags
         for src in re.findall(r'src="([^"]*)"', rendered):
-            assert src.startswith("data:image/png;base64,")
+            assert src.startswith("data:image/svg+xml;base64,")
         assert "<b>" not in rendered and "<script" not in rendered and "href" not in rendered
         for line in ("![beacon](http://evil.example/x.png)", "*em* _em_ `code`", "# heading"):
             assert line in html.unescape(re.sub(r"<[^>]+>", "", rendered))
@@ -278,11 +306,52 @@ def test_feedback_page_is_self_contained():
     page = feedback_html(_hand_made())
     assert "<script" not in page.lower()
     assert not re.search(r'(src|href)="(?!data:|#)', page), "external asset referenced"
-    assert "http://" not in page and "https://" not in page
-    png = _embedded_png(page)
-    assert png.startswith(PNG_MAGIC)
-    image = matplotlib.image.imread(io.BytesIO(png), format="png")
-    assert image.shape[0] > 300 and image.shape[1] > 800
+    # the one URL allowed is the SVG namespace, which is a name, never fetched
+    assert re.findall(r"https?://[^\s\"']+", page) == ["http://www.w3.org/2000/svg"]
+    svg = _embedded_svg(page)
+    assert float(svg.get("width")) > 800 and float(svg.get("height")) > 300
+    assert not [e for e in svg.iter() if e.tag in (f"{SVG}script", f"{SVG}image", f"{SVG}a")]
+    assert not [k for e in svg.iter() for k in e.attrib if k.startswith("on") or "href" in k]
+
+
+def test_picture_draws_the_learner_against_the_reference_from_the_data():
+    """Every point of every curve, in the panel it belongs to, with the names in legends."""
+    result = _hand_made()
+    svg = _embedded_svg(feedback_html(result))
+    yours = _curves(svg, "yours")
+    reference = _curves(svg, "reference")
+    expected_20 = _curves(svg, "expected")
+    assert list(expected_20) == ["expected (batch size 20)"]
+    assert sorted(reference) == sorted(c.label for c in result.reference_curves)
+    for curve in result.reference_curves:
+        (points,) = reference[curve.label]  # one unbroken line per method
+        assert len(points) == len(curve.y)
+    # the graded answer: once against its reference (left), once among the methods (right)
+    answer = yours["your LOSS_MINI20"]
+    assert [len(run) for run in answer] == [10, 10]
+    (left_expected,) = expected_20["expected (batch size 20)"]
+    # batch size 10 (the mistake) falls faster than batch size 20 at first: on screen, lower
+    # losses are drawn lower, i.e. at a larger y
+    assert answer[0][0] == pytest.approx(left_expected[0], abs=1.0)  # same first loss
+    assert answer[0][2][1] > left_expected[2][1] + 20
+    xs = [x for x, _ in answer[0]]
+    assert xs == sorted(xs) and len(set(xs)) == 10  # one point per epoch, left to right
+    dots = [c for g in svg.iter(f"{SVG}g") if g.get("class") == "curve yours" for c in g]
+    assert sum(1 for c in dots if c.tag == f"{SVG}circle") == 10  # the graded line's epochs
+    legend = _legend(svg)
+    assert legend[:2] == ["your LOSS_MINI20", "expected (batch size 20)"]
+    assert set(legend) >= {"LOSS_BGD", "LOSS_SGD", "LOSS_MINI5", "LOSS_MINI10", "LOSS20"}
+    ticks = [t.text for t in svg.iter(f"{SVG}text") if t.text and t.text.isdigit()]
+    assert {"0", "9", "1"} <= set(ticks)  # epochs on x, a decade (1) on the log y axis
+
+
+def test_picture_is_the_same_for_the_same_data_and_small():
+    result = _hand_made()
+    first = curves_svg(result.learner_curves, result.reference_curves, "your LOSS_MINI20")
+    again = curves_svg(result.learner_curves, result.reference_curves, "your LOSS_MINI20")
+    assert first == again and len(first.encode()) < 30_000
+    uri = curves_data_uri(result.learner_curves, result.reference_curves)
+    assert uri.startswith("data:image/svg+xml;base64,")
 
 
 def test_hostile_learner_text_is_escaped_everywhere():
@@ -316,11 +385,16 @@ def test_hostile_learner_text_is_escaped_everywhere():
         error=HOSTILE,
         checks=[check],
         execution=execution,
-        learner_curves=[Curve(label="$\\frac{1}{$ " + HOSTILE, y=[1.0, 0.5])],
+        learner_curves=[Curve(label=f"your {HOSTILE}", y=[1.0, 0.5])],  # as the checks name it
     )
     page = feedback_html(result)
     assert "<script" not in page.lower()
     assert "<img src=x" not in page
+    svg = _embedded_svg(page)  # still well-formed XML with the label inside
+    label = clean_label(f"your {HOSTILE}")
+    assert label.startswith("your <script>") and len(label) <= 60
+    assert list(_curves(svg, "yours")) == [label]
+    assert any(entry.startswith(label[:40]) for entry in _legend(svg))  # as much as fits
     assert page.count("&lt;script&gt;") >= 8  # title, header, callouts, table, notes, cells
     assert "Content-Security-Policy" in page  # second line of defence: no script may run
     # results.json keeps the text as data: escaped Markdown, read back as the same text
@@ -330,14 +404,26 @@ def test_hostile_learner_text_is_escaped_everywhere():
 
 def test_plot_survives_hostile_and_degenerate_curves():
     weird = [
-        Curve(label="your LOSS20", y=[math.nan, math.inf, -1.0, 0.0, 1e300, 1e-300]),
-        Curve(label="$\\unknowncommand{x}$", y=[]),
+        Curve(label="your LOSS20", y=[3.0, math.nan, math.inf, -1.0, 0.0, 1e300, 1e-300, 2.0]),
+        Curve(label="your LOSS_SGD\x00\x1b[31m\ud800\uffff", y=[]),
         Curve(label="x" * 10_000, y=[1.0] * 100_000),
         *(Curve(label=f"your LOSS_{i}", y=[float(i + 1)]) for i in range(50)),
     ]
-    assert curves_png(weird, _reference_curves()).startswith(PNG_MAGIC)
-    assert curves_png([], []).startswith(PNG_MAGIC)
-    assert clean_label("$a$\x00b") == r"\$a\$ b"
+    reference = _reference_curves()
+    reference.append(Curve(label="LOSS_SGD\x00\x1b[31m\ud800\uffff", y=[2.0] * 10))
+    svg = ET.fromstring(str(curves_svg(weird, reference)))  # well-formed: no control chars
+    answer = _curves(svg, "yours")["your LOSS20"]
+    # what a log axis cannot show breaks the line there, it is not joined over
+    assert [len(run) for run in answer] == [1, 3, 1, 3]  # 3.0 | 1e300, 1e-300, 2.0: twice
+    assert "LOSS_SGD [31m" in _legend(svg)
+    long = ET.fromstring(
+        str(curves_svg([Curve(label="LOSS20", y=[1.0 + k for k in range(5000)])], []))
+    )
+    (runs,) = _curves(long, "yours").values()
+    assert 100 < len(runs[0]) <= DRAWN_POINTS
+    empty = ET.fromstring(str(curves_svg([], [])))
+    assert "no LOSS20 found in your notebook" in "".join(empty.itertext())
+    assert clean_label("$a$\x00b\n") == "$a$ b"
     assert len(clean_label("y" * 500)) <= 60
 
 
@@ -351,7 +437,7 @@ def test_rejected_result_renders_without_a_plot():
         diagnosis="This file is not a notebook: it is not JSON (line 1).",
     )
     page = feedback_html(result)
-    assert "not a notebook" in page and "<img" not in page
+    assert "not a notebook" in page and "<svg" not in page
     data = gradescope_json(result)
     assert data["extra_data"]["status"] == "rejected" and data["tests"] == []
 
@@ -368,7 +454,7 @@ def test_write_reports_writes_both_files_readable(tmp_path):
     out = tmp_path / "deep" / "my_lab"
     write_reports(result, out)
     assert json.loads((out / "results.json").read_text()) == gradescope_json(result)
-    assert _embedded_png((out / "feedback.html").read_text()).startswith(PNG_MAGIC)
+    assert _curves(_embedded_svg((out / "feedback.html").read_text()), "reference")
     for name in ("results.json", "feedback.html"):
         assert stat.S_IMODE((out / name).stat().st_mode) & 0o044 == 0o044
     assert sorted(p.name for p in out.iterdir()) == ["feedback.html", "results.json"]
@@ -405,7 +491,8 @@ def test_real_grade_of_hostile_notebook_is_escaped(hostile_graded, tmp_path):
     page = (tmp_path / "feedback.html").read_text()
     assert "<script" not in page.lower()
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in page
-    assert _embedded_png(page).startswith(PNG_MAGIC)
+    drawn = _curves(_embedded_svg(page), "yours")["your LOSS20"]
+    assert [len(run) for run in drawn] == [3, 3]  # LOSS20 = [3, 2, 1], in both panels
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["score"] == result.score
     assert sum(t["score"] for t in data["tests"]) == pytest.approx(result.score)
@@ -447,6 +534,26 @@ def test_headline_title_follows_the_checks():
     assert "What to look at first" in feedback_html(base)
 
 
+def test_the_writer_gets_what_the_reports_show_and_nothing_more():
+    """The kernel's figures and variables stay behind: the reports do not change without them."""
+    from grader.models import Axes, Figure, Line, Variable
+    from grader.reports.writer import for_reports
+
+    result = _hand_made()
+    line = Line(label="data", x=[0.5] * 240, y=[0.25] * 240)
+    result.execution.figures = [Figure(cell=3, axes=[Axes(lines=[line])])] * 50
+    result.execution.variables = {
+        "X": Variable(name="X", type_name="Tensor", values=[1.0], length=1)
+    }
+    slim = for_reports(result)
+    assert slim.execution.figures == [] and slim.execution.variables == {}
+    assert len(result.execution.figures) == 50  # the caller's result is left as it was
+    assert gradescope_json(slim) == gradescope_json(result)
+    generated = re.compile(r"Generated: <b>[^<]*</b>")
+    assert generated.sub("", feedback_html(slim)) == generated.sub("", feedback_html(result))
+    assert for_reports(_hand_made(execution=None)).execution is None
+
+
 def test_reports_written_behind_the_grading_survive_a_killed_writer(tmp_path):
     from grader.reports.writer import BackgroundReports
 
@@ -464,4 +571,4 @@ def test_reports_written_behind_the_grading_survive_a_killed_writer(tmp_path):
     for k in range(6):
         data = json.loads((tmp_path / f"s{k}" / "results.json").read_text())
         assert data["extra_data"]["submission"] == f"s{k}"
-        assert "data:image/png;base64," in (tmp_path / f"s{k}" / "feedback.html").read_text()
+        assert _curves(_embedded_svg((tmp_path / f"s{k}" / "feedback.html").read_text()), "yours")

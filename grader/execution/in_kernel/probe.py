@@ -178,7 +178,8 @@ def install(mime: str, seed_override: int | None, settings: dict[str, Any]) -> N
         return type(obj).__name__[:40]
 
     # ---- variables ------------------------------------------------------------------------
-    def scan_variables() -> None:
+    def scan_variables(quiet: bool = False) -> None:
+        """Publish the candidates whose fingerprint changed (`quiet`: only remember them)."""
         seen: set[str] = set()
         changed: dict[str, Any] = {}
         fps = state["fingerprints"]
@@ -204,7 +205,7 @@ def install(mime: str, seed_override: int | None, settings: dict[str, Any]) -> N
         deleted = [name for name in fps if name not in seen]
         for name in deleted:
             del fps[name]
-        if changed or deleted:
+        if (changed or deleted) and not quiet:
             send("variables", {"set": changed, "deleted": deleted})
 
     # ---- figures --------------------------------------------------------------------------
@@ -337,7 +338,22 @@ def install(mime: str, seed_override: int | None, settings: dict[str, Any]) -> N
         except Exception as exc:
             note(f"variables could not be read: {type(exc).__name__}")
 
+    def prime(figures: int, noted: list[str]) -> None:
+        """In a kernel forked from a warm parent that ran the lab's first cells (issue 16):
+        take on the state this probe would have after them (what the parent's probe counted
+        and noted; the fingerprints of the variables as they are now), so the later cells
+        publish exactly what they publish in a full run."""
+        state["figures"] = int(figures)
+        state["noted"].update(str(text) for text in noted)
+        scan_variables(quiet=True)
+
+    def snapshot() -> dict[str, Any]:
+        """What `prime` needs, read in the warm parent after its last cell."""
+        return {"figures": state["figures"], "noted": sorted(state["noted"])}
+
     ip.events.register("post_run_cell", after_cell)
     module = types.ModuleType("_mbgd_probe")
     module.flush = after_cell  # type: ignore[attr-defined]
+    module.prime = prime  # type: ignore[attr-defined]
+    module.snapshot = snapshot  # type: ignore[attr-defined]
     sys.modules["_mbgd_probe"] = module

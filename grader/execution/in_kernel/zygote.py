@@ -23,10 +23,27 @@ then writes one byte to the ready pipe and becomes an ipykernel on the ipc conne
 
 The zygote exits when its stdin closes (the harness went away); kernels die with it through
 PR_SET_PDEATHSIG on both levels.
+
+Warm parents (issue 16). `{"op": "parent"}` forks a parent that will run the first cells of a
+known version of the lab (only the lab's own code, chosen by the harness from
+`grader.execution.prefix`; never a learner's). It leaves the zygote's session, takes the
+kernel's rlimits and environment, works in its own dir, and becomes its own leased uid for
+real and effective (the harness puts it in a cgroup of its own): it runs the lab with no
+effective capabilities. Only its saved uid stays 0, so that the kernels it forks can take back
+the zygote's capabilities to build their sandbox exactly as above; no learner code ever runs
+in it. It has no seccomp filter, since its kernels still have to mount their own /tmp.
+`{"op": "run"}` makes it run the cells in an IPython shell with the probe installed (records
+captured, not sent), the cell files named as in a pooled kernel (`/tmp/ipykernel_2/...`), and
+torch on one intra-op thread (as every pooled kernel is: nothing of a thread pool is forked);
+then the probe is taken out again. A spawn request naming the parent is served by it: the
+kernel is forked from the state after the lab's cells, isolates itself as any kernel does and
+starts ipykernel on that shell's namespace and history. The parent reseeds nothing of torch:
+its generator state is the lab's after those cells, as in a full run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -48,6 +65,12 @@ MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 READY_TIMEOUT = 20.0
+RUN_TIMEOUT = 600.0  # a parent running the lab's cells
+KERNEL_PID = 2  # a pooled kernel's pid in its own namespace (its cell files are named by it)
+MAX_REPLY = 256 << 20
+
+PARENTS: dict[str, tuple[int, int, int]] = {}  # in the zygote: key -> pid, request fd, reply fd
+PREFIX: dict[str, Any] = {}  # in a parent: the shell that ran the lab's cells
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -161,10 +184,41 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     if sys.path and sys.path[0] == "":
         del sys.path[0]
     sys.argv = ["ipykernel", *req["argv"]]
-    from ipykernel.kernelapp import launch_new_instance
+    if "shell" in PREFIX:
+        launch_on_prefix(PREFIX["shell"])
+    else:
+        from ipykernel.kernelapp import launch_new_instance
 
-    launch_new_instance()
+        launch_new_instance()
     os._exit(0)
+
+
+def launch_on_prefix(old: Any) -> None:
+    """Start ipykernel on the namespace and history of the shell that ran the lab's cells.
+
+    A new kernel shell is built (the old one is the parent's plain IPython shell) around the
+    same namespace dict, so every function and class the lab defined keeps its globals; the
+    history and the cell files' numbers are carried over, so `In`, `Out`, the execution count
+    and tracebacks through the lab's functions are what a full run has."""
+    from ipykernel.kernelapp import IPKernelApp
+    from IPython.core.interactiveshell import InteractiveShell
+
+    history = old.history_manager
+    count = old.execution_count
+    InteractiveShell.clear_instance()
+    app = IPKernelApp.instance(user_ns=old.user_ns)
+    app.initialize()
+    shell = app.shell
+    assert shell is not None
+    new = shell.history_manager
+    assert new is not None
+    new.input_hist_parsed[:] = history.input_hist_parsed
+    new.input_hist_raw[:] = history.input_hist_raw
+    new.output_hist.update(history.output_hist)
+    shell.execution_count = count
+    # which cell file is "Cell In[n]" in a traceback through a function the lab defined
+    shell.compile._filename_map.update(old.compile._filename_map)
+    app.start()
 
 
 def namespace_init(req: dict[str, Any], ready_fd: int) -> None:
@@ -230,6 +284,9 @@ def spawn(req: dict[str, Any]) -> dict[str, Any]:
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
+        if os.geteuid() != 0:  # forked by a warm parent: take the zygote's capabilities back
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
         intermediate(req, write_fd)
     os.close(write_fd)
     try:
@@ -240,6 +297,191 @@ def spawn(req: dict[str, Any]) -> dict[str, Any]:
     if got != b"1":
         return {"ok": False, "error": "the kernel did not come up (see its log)"}
     return {"ok": True}
+
+
+def read_line(fd: int, timeout: float | None) -> bytes:
+    """One reply line from a pipe, within `timeout` (TimeoutError) and MAX_REPLY bytes."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("no answer in time")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            raise TimeoutError("no answer in time")
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            raise EOFError("the other end went away")
+        buf += chunk
+        if len(buf) > MAX_REPLY:
+            raise ValueError("answer too long")
+    return bytes(buf)
+
+
+def write_line(fd: int, payload: dict[str, Any]) -> None:
+    data = memoryview((json.dumps(payload) + "\n").encode())
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def start_parent(req: dict[str, Any]) -> dict[str, Any]:
+    """Fork a warm parent for `req["parent"]` (see the module docstring); wait until it is set
+    up (the harness then moves it into its cgroup and asks it to run the lab's cells)."""
+    key = str(req["parent"])
+    drop_parent(key)
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(requests_w)
+        os.close(replies_r)
+        try:
+            prefix_parent(req, requests_r, replies_w)
+        finally:
+            os._exit(70)
+    os.close(requests_r)
+    os.close(replies_w)
+    PARENTS[key] = (pid, requests_w, replies_r)
+    return ask_parent(key, None, READY_TIMEOUT)
+
+
+def ask_parent(key: str, req: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """Send one request to a parent (None: only read) and return its answer; a parent that
+    does not answer in time is dropped."""
+    if key not in PARENTS:
+        return {"ok": False, "error": "no such warm parent"}
+    _, requests_w, replies_r = PARENTS[key]
+    try:
+        if req is not None:
+            write_line(requests_w, req)
+        reply = json.loads(read_line(replies_r, timeout))
+    except (OSError, EOFError, TimeoutError, ValueError) as exc:
+        drop_parent(key)
+        return {"ok": False, "error": f"the warm parent failed: {exc!r}"}
+    return reply if isinstance(reply, dict) else {"ok": False, "error": "bad answer"}
+
+
+def drop_parent(key: str) -> dict[str, Any]:
+    entry = PARENTS.pop(key, None)
+    if entry is not None:
+        pid, requests_w, replies_r = entry
+        os.close(requests_w)
+        os.close(replies_r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return {"ok": True}
+
+
+def prefix_parent(req: dict[str, Any], requests: int, replies: int) -> None:
+    """A warm parent: set up, then serve run and spawn requests until its pipe closes."""
+    os.setsid()
+    workdir, uid = req["workdir"], int(req["uid"])
+    null = os.open("/dev/null", os.O_RDWR)
+    log = os.open(os.path.join(workdir, ".kernel.log"), os.O_WRONLY | os.O_APPEND)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    keep = sorted((requests, replies))
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, 65536)
+    import resource
+
+    for name, value in req["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (value, value))
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.chdir(os.path.join(workdir, "home"))
+    os.setgroups([])
+    os.setresgid(uid, uid, 0)
+    os.setresuid(uid, uid, 0)  # no effective capabilities from here on (see the docstring)
+    # after the uid change, which clears it: the parent dies with the zygote
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    write_line(replies, {"ok": True})
+    while True:
+        try:
+            line = read_line(requests, None)
+        except (EOFError, OSError, ValueError):
+            os._exit(0)
+        try:
+            request = json.loads(line)
+            reply = run_prefix(request) if request.get("op") == "run" else spawn(request)
+        except Exception as exc:  # a bad request must not take the parent down
+            reply = {"ok": False, "error": repr(exc)}
+        write_line(replies, reply)
+
+
+def run_prefix(req: dict[str, Any]) -> dict[str, Any]:
+    """Run the lab's cells in a shell of our own with the probe installed; keep the shell."""
+    if "shell" in PREFIX:
+        return {"ok": False, "error": "this parent already ran its cells"}
+    import builtins
+    import tempfile
+    import time
+
+    import ipykernel.compiler as compiler
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+    import torch
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    if torch.get_num_threads() != 1:
+        return {"ok": False, "error": "torch would use more than one intra-op thread"}
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.xmode = "Plain"
+    config.InteractiveShell.colors = "nocolor"
+    shell = InteractiveShell.instance(config=config, compiler_class=compiler.XCachingCompiler)
+    records: list[str] = []
+    mime = "application/x-mbgd-parent+json"
+
+    def capture(data: dict[str, Any], metadata: Any = None, **kw: Any) -> None:
+        if isinstance(data, dict) and isinstance(data.get(mime), str):
+            records.append(data[mime])
+
+    shell.display_pub.publish = capture  # type: ignore[method-assign,assignment]
+    ns: dict[str, Any] = {
+        "__name__": "_mbgd_probe_src",
+        "get_ipython": shell.get_ipython,
+        "__builtins__": dict(vars(builtins)),
+    }
+    exec(compile(req["probe"], "<mbgd-probe>", "exec"), ns)
+    axes = matplotlib.axes.Axes
+    methods = {name: vars(axes).get(name) for name in ns["PLOT_METHODS"]}
+    show = plt.show
+    ns["install"](mime, None, req["settings"])
+    tmp_directory = compiler.get_tmp_directory
+    cell_dir = os.path.join(tempfile.gettempdir(), f"ipykernel_{KERNEL_PID}")
+    compiler.get_tmp_directory = lambda: cell_dir
+    cells = []
+    try:
+        for source in req["cells"]:
+            records.clear()
+            started = time.monotonic()
+            result = shell.run_cell(source, store_history=True)
+            seconds = round(time.monotonic() - started, 4)
+            if not result.success:
+                break
+            cells.append({"seconds": seconds, "records": list(records)})
+    finally:
+        compiler.get_tmp_directory = tmp_directory
+        probe = sys.modules.pop("_mbgd_probe")
+        state = probe.snapshot()
+        shell.events.unregister("post_run_cell", probe.flush)
+        for name, method in methods.items():
+            if method is None:
+                if name in vars(axes):
+                    delattr(axes, name)
+            else:
+                setattr(axes, name, method)
+        plt.show = show
+    PREFIX["shell"] = shell
+    return {"ok": True, "cells": cells, "probe": state}
 
 
 def main() -> None:
@@ -253,7 +495,18 @@ def main() -> None:
         try:
             trusted = {key: config[key] for key in ("ro_under_tmp", "seccomp")}
             req = {**json.loads(line), **trusted}
-            reply = spawn(req)
+            op, parent = req.get("op", "spawn"), req.get("parent")
+            if op == "parent":
+                reply = start_parent(req)
+            elif op == "drop":
+                reply = drop_parent(str(parent))
+            elif op == "run":
+                budget = min(float(req.get("timeout", RUN_TIMEOUT)), RUN_TIMEOUT)
+                reply = ask_parent(str(parent), req, budget)
+            elif parent is not None:
+                reply = ask_parent(str(parent), req, READY_TIMEOUT + 5)
+            else:
+                reply = spawn(req)
         except Exception as exc:  # a bad request must not take the zygote down
             reply = {"ok": False, "error": repr(exc)}
         out.write(json.dumps(reply) + "\n")
