@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def require_extra(extra: str, command: str, *modules: str) -> None:
                 f"installed): install mbgd-grader[{extra}], e.g. "
                 f"pip install 'mbgd-grader[{extra}]'"
             ) from None
+
+
+def use_lab_notebooks(labs: tuple[Path, ...]) -> None:
+    """Check the course's lab notebooks now (a clear error, not a silent miss later) and
+    hand them to the warm pool through MBGD_LAB_NOTEBOOKS (`grader.execution.prefix`)."""
+    from grader.execution.prefix import LAB_NOTEBOOKS_ENV, LabNotebookError, lab_from_notebook
+
+    try:
+        for lab in labs:
+            lab_from_notebook(lab)
+    except LabNotebookError as error:
+        raise click.BadParameter(str(error), param_hint="--lab") from error
+    known = [p for p in os.environ.get(LAB_NOTEBOOKS_ENV, "").split(os.pathsep) if p]
+    os.environ[LAB_NOTEBOOKS_ENV] = os.pathsep.join([*known, *(str(p.resolve()) for p in labs)])
 
 
 # Options several commands share, spelled once.
@@ -170,6 +185,14 @@ def serve(
     help="Run every cell of every notebook, even the lab's own first cells that a warm "
     "parent has already run (same results, slower).",
 )
+@click.option(
+    "--lab",
+    "labs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The lab notebook as your course hands it out (repeatable: one per published "
+    "version): submissions that begin with its cells unchanged reuse a warm run of them.",
+)
 def grade(
     paths: tuple[Path, ...],
     out: Path,
@@ -182,6 +205,7 @@ def grade(
     broker: str | None,
     learner_from: str,
     no_reuse: bool,
+    labs: tuple[Path, ...],
 ) -> None:
     """Grade notebooks: PATH is a notebook or a folder searched recursively.
 
@@ -203,6 +227,8 @@ def grade(
 
     if broker:
         require_extra("celery", "grade --broker", "celery", "redis")
+    if labs:
+        use_lab_notebooks(labs)
     limits = RunLimits(require_sandbox=require_sandbox)
     if timeout is not None:
         limits = limits.model_copy(update={"total_timeout": timeout})

@@ -10,20 +10,31 @@ unknown lab matches nothing and runs in full.
 
 The known versions live in `lab_versions.json` (package data), one list of code-cell sources
 per published version of the lab; `tests/execution/test_prefix.py` keeps the "samples" version
-equal to `submissions/lab_blocks.py`. A republished lab is one more entry there.
+equal to `submissions/lab_blocks.py`. A course adds the notebook it hands out, byte for byte as
+learners download it: `mbgd-grader grade --lab lab.ipynb`, or `MBGD_LAB_NOTEBOOKS` (paths
+joined by the OS path separator) for the service, the XQueue worker and Celery workers. Those
+cells come from the instructor's file, never from a submission: a learner's notebook only ever
+*matches* them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 VERSIONS_FILE = Path(__file__).with_name("lab_versions.json")
+LAB_NOTEBOOKS_ENV = "MBGD_LAB_NOTEBOOKS"
+MAX_LAB_BYTES = 20 * 1024 * 1024
+log = logging.getLogger(__name__)
 # A shorter common prefix (imports, a class definition) costs less to run than a parent costs
 # to keep: below this many cells a submission simply runs from the zygote.
 MIN_CELLS = 4
@@ -77,14 +88,56 @@ class PrefixRun:
         return run
 
 
+class LabNotebookError(ValueError):
+    """A lab notebook given with --lab cannot be read; the text says which and why."""
+
+
+def lab_from_notebook(path: Path) -> LabPrefix:
+    """The lab as a course hands it out: the notebook's non-empty code cells, in order (the
+    cells the runner runs). Exercise cells left empty are skipped, like in a submission, so a
+    learner's filled-in answer is where the match ends."""
+    try:
+        if path.stat().st_size > MAX_LAB_BYTES:
+            raise LabNotebookError(f"{path}: larger than {MAX_LAB_BYTES // 2**20} MiB")
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as error:  # nbformat's read errors are ValueErrors
+        raise LabNotebookError(f"{path}: not a readable notebook ({error})") from error
+    cells = tuple(
+        str(cell.get("source", ""))
+        for cell in nb.cells
+        if cell.get("cell_type") == "code" and str(cell.get("source", "")).strip()
+    )
+    if len(cells) < MIN_CELLS:
+        raise LabNotebookError(f"{path}: {len(cells)} code cells, too few to be the lab")
+    return LabPrefix(f"notebook:{path.name}", cells)
+
+
 @cache
-def known_versions(path: Path = VERSIONS_FILE) -> tuple[LabPrefix, ...]:
-    """Every known version of the lab, whole (up to where learners start to differ)."""
+def _shipped(path: Path) -> tuple[LabPrefix, ...]:
     data = json.loads(path.read_text(encoding="utf-8"))
     return tuple(
         LabPrefix(str(entry["name"]), tuple(str(s) for s in entry["cells"]))
         for entry in data["versions"]
     )
+
+
+@cache
+def _published(paths: str) -> tuple[LabPrefix, ...]:
+    """The course's own lab notebooks (`MBGD_LAB_NOTEBOOKS`); one that cannot be read is
+    left out with a warning: reuse is a speed-up, never a reason to fail a grading."""
+    versions = []
+    for name in filter(None, paths.split(os.pathsep)):
+        try:
+            versions.append(lab_from_notebook(Path(name)))
+        except LabNotebookError as error:
+            log.warning("lab notebook not used for reuse: %s", error)
+    return tuple(versions)
+
+
+def known_versions(path: Path = VERSIONS_FILE) -> tuple[LabPrefix, ...]:
+    """Every known version of the lab, whole (up to where learners start to differ): the
+    shipped ones, then the course's own (`MBGD_LAB_NOTEBOOKS`)."""
+    return _shipped(path) + _published(os.environ.get(LAB_NOTEBOOKS_ENV, ""))
 
 
 def match(

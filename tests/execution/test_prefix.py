@@ -8,6 +8,8 @@ part of it.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,14 +17,17 @@ import nbformat
 import pytest
 
 from grader.execution.prefix import (
+    LAB_NOTEBOOKS_ENV,
     MIN_CELLS,
+    LabNotebookError,
     LabPrefix,
     PrefixRun,
     known_versions,
+    lab_from_notebook,
     match,
     prime_code,
 )
-from tests.helpers import SUBMISSIONS
+from tests.helpers import SUBMISSIONS, cli
 
 _spec = importlib.util.spec_from_file_location("lab_blocks", SUBMISSIONS / "lab_blocks.py")
 assert _spec is not None and _spec.loader is not None
@@ -113,3 +118,56 @@ def test_the_prime_code_carries_only_the_probe_state() -> None:
     code = prime_code(run)
     assert code.startswith("import sys as _s; _s.modules['_mbgd_probe'].prime(7, ")
     assert compile(code, "<prime>", "exec")  # a quoted note cannot break out of the call
+
+
+def _lab_notebook(path: Path, cells: list[str]) -> Path:
+    """A lab notebook as a course hands it out: markdown between the code, an empty exercise."""
+    nb = nbformat.v4.new_notebook()
+    for source in cells:
+        nb.cells += [nbformat.v4.new_markdown_cell("Some text."), nbformat.v4.new_code_cell(source)]
+    nb.cells.append(nbformat.v4.new_code_cell("# Practice: your code here\n"))
+    nb.cells.append(nbformat.v4.new_code_cell(""))
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_course_s_own_lab_notebook_is_a_known_version(tmp_path, monkeypatch) -> None:
+    """`--lab` / MBGD_LAB_NOTEBOOKS: the notebook the course hands out is matched like the
+    shipped versions, from its own cells; one that cannot be read is left out, not fatal."""
+    republished = [*LAB[:3], "# the data, now with a comment\n" + LAB[3], *LAB[4:]]
+    lab = _lab_notebook(tmp_path / "lab v2.ipynb", republished)
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not json")
+    mine = [*republished, "# Practice: your code here\n" + ANSWER]
+    assert match(mine) is None  # 3 cells of the shipped lab: too few
+    monkeypatch.setenv(LAB_NOTEBOOKS_ENV, os.pathsep.join([str(broken), str(lab)]))
+    found = match(mine)
+    assert found is not None and found.version == "notebook:lab v2.ipynb"
+    assert found.cells == tuple(republished)  # up to the learner's answer, from the file
+    assert [v.version for v in known_versions()][-1] == "notebook:lab v2.ipynb"
+
+
+def test_a_lab_notebook_that_cannot_be_the_lab_is_a_clear_usage_error(tmp_path) -> None:
+    """No kernel: `grade --lab` checks the file before any grading starts."""
+    short = _lab_notebook(tmp_path / "short.ipynb", ["import torch"])
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not json")
+    for bad, why in ((short, "too few to be the lab"), (broken, "not a readable notebook")):
+        with pytest.raises(LabNotebookError, match=why):
+            lab_from_notebook(bad)
+        run = subprocess.run(
+            [
+                *cli(),
+                "grade",
+                str(SUBMISSIONS / "correct"),
+                "--lab",
+                str(bad),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2 and "--lab" in run.stderr and why in run.stderr, run.stderr
+        assert not (tmp_path / "out" / "gradebook.sqlite").exists()  # nothing was graded
