@@ -9,16 +9,19 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import nbformat
 import psutil
 from nbformat.v4 import new_code_cell, new_notebook
@@ -428,3 +431,61 @@ for path in glob.glob("/proc/*/environ"):
         found.append(data.decode("latin-1"))
 raise RuntimeError("LEAK " + " ".join(found))
 """
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server the test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`mbgd-grader serve` as a subprocess on a loopback port, ready when /healthz answers.
+
+    `args` are the command's options besides --port and --db; `env` is added to this
+    process's environment (the secrets and knobs each test file sets)."""
+
+    def __init__(
+        self, db: Path, log: Path, *, port: int, args: list[str], env: dict[str, str]
+    ) -> None:
+        self.db, self.log_path, self.port = db, log, port
+        self.base = f"http://127.0.0.1:{port}"
+        cmd = [*cli(), "serve", "--port", str(port), "--db", f"sqlite:///{db}", *args]
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self._wait_ready(90)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited early:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"service not ready in {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.base}/healthz", timeout=10).json()
+
+    def kill9(self) -> None:
+        """SIGKILL the service; then reap the kernels it orphaned (test hygiene only)."""
+        kill_tree(self.proc)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                return
+        self.log.close()

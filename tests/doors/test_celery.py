@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,19 +23,13 @@ import pytest
 import redis
 
 from grader.execution.pool import KernelPool
-from tests.helpers import ROOT, SUBMISSIONS, cli, db_count, quick_notebook, read_csv
+from tests.helpers import ROOT, SUBMISSIONS, cli, db_count, free_port, quick_notebook, read_csv
 
 pytestmark = pytest.mark.slow
 
 VISIBILITY_TIMEOUT = 25  # seconds before a dead worker's task is handed out again
 RECEIVED = re.compile(r"Task mbgd_grader\.grade\[([0-9a-f-]+)\] received")
 SUCCEEDED = re.compile(r"Task mbgd_grader\.grade\[([0-9a-f-]+)\] succeeded")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.2) -> None:

@@ -11,8 +11,6 @@ import base64
 import concurrent.futures
 import contextlib
 import json
-import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -40,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from grader.execution.pool import KernelPool
 from grader.service.signing import SignatureError, decode_secret, sign_headers, verify
-from tests.helpers import ROOT, SECRET_HUNTER, kill_tree
+from tests.helpers import ROOT, SECRET_HUNTER, ServeProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -120,23 +118,12 @@ class FakeLMS:
 # -- the service, through the CLI ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
-    """`mbgd-grader serve` as a subprocess on a free loopback port."""
+class Service(ServeProcess):
+    """`mbgd-grader serve` on a free loopback port, with this file's secrets."""
 
     def __init__(self, db: Path, log: Path, *, broker: str | None = None, slots: int = 2) -> None:
-        self.db, self.log_path, self.port = db, log, free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        exe = Path(sys.executable).with_name("mbgd-grader")
-        cmd = [str(exe), "serve", "--port", str(self.port), "--db", f"sqlite:///{db}"]
-        cmd += ["--slots", str(slots)] + (["--broker", broker] if broker else [])
+        args = ["--slots", str(slots)] + (["--broker", broker] if broker else [])
         env = {
-            **os.environ,
             "MBGD_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "MBGD_CALLBACK_SECRET": CALLBACK_SECRET,
             "MBGD_API_TOKEN": API_TOKEN,
@@ -144,46 +131,11 @@ class Service:
             "MBGD_CALLBACK_BACKOFF": "0.2",
             "MBGD_MAX_BODY_BYTES": str(MAX_BODY),
         }
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready(90)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"service not ready in {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.base}/healthz", timeout=10).json()
+        super().__init__(db, log, port=free_port(), args=args, env=env)
 
     def status(self, sub_id: str, token: str | None = API_TOKEN) -> httpx.Response:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         return httpx.get(f"{self.base}/v1/submissions/{sub_id}", headers=headers, timeout=10)
-
-    def kill9(self) -> None:
-        """SIGKILL the service; then reap the kernels it orphaned (test hygiene only)."""
-        kill_tree(self.proc)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        self.log.close()
 
 
 def post(

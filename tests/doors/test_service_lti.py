@@ -12,12 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,7 +32,7 @@ from joserfc.jwk import KeySet, RSAKey
 from nbformat.v4 import new_code_cell, new_notebook
 
 from grader.service.signing import decode_secret, sign_headers
-from tests.helpers import kill_tree, quick_notebook
+from tests.helpers import ServeProcess, free_port, quick_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -169,45 +164,18 @@ class Platform:
 # -- the service -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Service:
+class Service(ServeProcess):
     """`mbgd-grader serve --lti-config` as a subprocess on a fixed loopback port."""
 
     def __init__(self, db: Path, log: Path, config: Path, port: int) -> None:
-        self.log_path, self.port, self.base = log, port, f"http://127.0.0.1:{port}"
-        exe = Path(sys.executable).with_name("mbgd-grader")
-        cmd = [str(exe), "serve", "--port", str(port), "--db", f"sqlite:///{db}", "--slots", "1"]
         env = {
-            **os.environ,
             "MBGD_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "MBGD_API_TOKEN": API_TOKEN,
             "MBGD_CALLBACK_BACKOFF": "0.2",
             "MBGD_CALLBACK_BACKOFF_CAP": "1",
         }
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [*cmd, "--lti-config", str(config)], env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited early:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"service not ready:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.base}/healthz", timeout=10).json()
+        args = ["--slots", "1", "--lti-config", str(config)]
+        super().__init__(db, log, port=port, args=args, env=env)
 
     def state(self, sub_id: str) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {API_TOKEN}"}
@@ -226,21 +194,6 @@ class Service:
         headers = sign_headers(decode_secret(WEBHOOK_SECRET), f"msg_{uuid.uuid4().hex}", body)
         headers["content-type"] = "application/json"
         return httpx.post(f"{self.base}/v1/submissions", content=body, headers=headers, timeout=30)
-
-    def kill9(self) -> None:
-        """SIGKILL the service; then reap the kernels it orphaned (test hygiene only)."""
-        kill_tree(self.proc)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-                return
-        self.log.close()
 
 
 @dataclass
