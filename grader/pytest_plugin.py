@@ -115,17 +115,20 @@ def pytest_configure(config: pytest.Config) -> None:
         rubric_path,
         Path(feedback_dir) if feedback_dir else None,
         jobs,
-        portable=bool(config.getoption("mbgd_portable")) or not _sandbox_fits_torch(),
+        portable=bool(config.getoption("mbgd_portable")) or _needs_portable(),
     )
     config.pluginmanager.register(grading, PLUGIN_NAME)
 
 
-def _sandbox_fits_torch() -> bool:
-    """A learner's CUDA build of torch cannot load in the sandbox: their machine gets the
-    portable kernel rather than a failed import (`grader.execution.portable`)."""
+def _needs_portable() -> bool:
+    """A learner's own machine where the sandbox cannot grade: no bubblewrap (their own code,
+    their own machine: no reason to refuse), or a CUDA build of torch, which cannot load under
+    the sandbox's address-space limit. Either way the portable kernel, not a failed run
+    (`grader.execution.portable`)."""
     from grader.execution.portable import torch_fits_the_sandbox
+    from grader.execution.sandbox import find_bwrap
 
-    return torch_fits_the_sandbox()
+    return find_bwrap() is None or not torch_fits_the_sandbox()
 
 
 def expand_notebooks(paths: list[str]) -> list[Path]:

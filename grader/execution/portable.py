@@ -36,7 +36,6 @@ import psutil
 from jupyter_client.connect import write_connection_file
 from jupyter_client.launcher import launch_kernel
 
-from grader.execution import sandbox
 from grader.execution.launch import KERNEL_ARGS
 from grader.execution.limits import RunLimits
 from grader.execution.sandbox import SandboxUnavailable
@@ -67,17 +66,15 @@ def sandbox_possible() -> bool:
 
 
 def use_portable(limits: RunLimits) -> bool:
-    """The portable kernel when asked for (`--mbgd-portable`), on an OS the sandbox does not
-    run on, or on Linux without bubblewrap, unless the sandbox is required (then
-    `SandboxedKernel` refuses and says what is missing).
+    """The portable kernel when asked for (`RunLimits.portable`: `--mbgd-portable`, or the
+    pytest plugin on a learner's Linux machine without bubblewrap or with a CUDA torch), and
+    on an OS the sandbox does not run on.
 
-    Not the old rlimits-only kernel on Linux without bubblewrap: its 2 GB RLIMIT_AS cannot
-    even map a CUDA build of torch (pip's default on Linux; measured with 2.14.1+cu130:
-    "libtorch_cpu.so: failed to map segment"), so every learner with one failed at
-    `import torch`."""
-    if limits.portable or not sandbox_possible():
-        return True
-    return sandbox.find_bwrap() is None and not limits.require_sandbox
+    A server door (CLI, service, XQueue, platforms) on Linux without a usable bubblewrap keeps
+    the rlimits-only `SandboxedKernel`: learner code there is hostile, and the portable kernel
+    bounds neither processes nor files. (It cannot map a CUDA build of torch under its 2 GB
+    RLIMIT_AS; servers install the CPU build, as `make` and the exported packages do.)"""
+    return limits.portable or not sandbox_possible()
 
 
 def run_sync(main: Coroutine[Any, Any, T]) -> T:

@@ -426,3 +426,19 @@ def test_a_green_run_never_reads_as_full_marks_while_checks_are_withheld(pyteste
         "-q", "-p", "no:cacheprovider",
     )  # fmt: skip
     assert sum("::" in line for line in listed.stdout.lines) == 6
+
+
+def test_a_learner_machine_without_bubblewrap_gets_the_portable_kernel(monkeypatch) -> None:
+    """No kernel: the plugin (the learner's door) asks for the portable kernel where the
+    sandbox cannot grade; the server doors keep rlimits there (`use_portable`)."""
+    import grader.execution.portable
+    import grader.execution.sandbox
+    from grader.pytest_plugin import _needs_portable
+
+    monkeypatch.setattr(grader.execution.portable, "torch_fits_the_sandbox", lambda: True)
+    monkeypatch.setattr(grader.execution.sandbox, "find_bwrap", lambda: None)
+    assert _needs_portable() is True
+    monkeypatch.setattr(grader.execution.sandbox, "find_bwrap", lambda: "/usr/bin/bwrap")
+    assert _needs_portable() is False
+    monkeypatch.setattr(grader.execution.portable, "torch_fits_the_sandbox", lambda: False)
+    assert _needs_portable() is True  # a CUDA build of torch

@@ -27,7 +27,7 @@ from grader.execution.runner import SandboxUnavailable, execute
     [
         (True, "/usr/bin/bwrap", RunLimits(), False),  # the course server: the sandbox
         (True, "/usr/bin/bwrap", RunLimits(portable=True), True),  # --mbgd-portable
-        (True, None, RunLimits(), True),  # a Linux laptop without bubblewrap
+        (True, None, RunLimits(), False),  # a server without bubblewrap: rlimits-only
         (True, None, RunLimits(require_sandbox=True), False),  # refused by the sandbox
         (False, None, RunLimits(), True),  # Windows, macOS
         (False, "/opt/bwrap", RunLimits(), True),

@@ -137,21 +137,28 @@ def test_without_cgroups_the_full_sandbox_is_refused(monkeypatch) -> None:
     assert ex.variables["x"].values == [1.0]
 
 
-def test_without_bwrap_runs_the_portable_kernel_or_refuses(monkeypatch) -> None:
-    """A Linux machine without bubblewrap (a learner's laptop) gets the portable kernel of
-    `grader.execution.portable`, as Windows and macOS do; --require-sandbox still refuses."""
+def test_without_bwrap_runs_rlimits_only_or_refuses(monkeypatch) -> None:
+    """A server without bubblewrap keeps resource limits (learner code there is hostile);
+    only the learner's own door takes the portable kernel (tests/execution/test_portable.py).
+    --require-sandbox refuses."""
     monkeypatch.setattr(grader.execution.sandbox, "find_bwrap", lambda: None)
     with pytest.raises(SandboxUnavailable, match="bwrap"):
         execute(new_notebook(cells=[new_code_cell("x = [1]")]), RunLimits(require_sandbox=True))
     monkeypatch.setenv("MBGD_TEST_SECRET", "x")
     cells = [
         "import os\nleaks = [k for k in os.environ if k.startswith('MBGD')]\nassert not leaks",
-        "import os\nHOME_FILES = [len(os.listdir('.'))]",  # a fresh, empty work dir
+        "import resource\nAS = [resource.getrlimit(resource.RLIMIT_AS)[0]]",
     ]
     ex = execute(new_notebook(cells=[new_code_cell(c) for c in cells]), LIMITS)
-    assert ex.sandbox == PORTABLE
+    assert ex.sandbox.startswith("rlimits-only") and "bwrap not found" in ex.sandbox
     assert [c.status for c in ex.cells] == ["ok", "ok"]
-    assert ex.variables["HOME_FILES"].values == [0.0]
+    assert ex.variables["AS"].values == [float(LIMITS.memory_mb << 20)]
+    # the learner's door on the same machine: the portable kernel, in an empty work dir
+    portable = execute(
+        new_notebook(cells=[new_code_cell("import os\nHOME_FILES = [len(os.listdir('.'))]")]),
+        LIMITS.model_copy(update={"portable": True}),
+    )
+    assert portable.sandbox == PORTABLE and portable.variables["HOME_FILES"].values == [0.0]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="uid leases exist only as root")
