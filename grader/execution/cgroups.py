@@ -48,7 +48,7 @@ class Hierarchy:
         return f"cgroup v{self.version}"
 
 
-def _own_groups(text: str) -> dict[str, str]:
+def own_groups(text: str) -> dict[str, str]:
     """`/proc/self/cgroup` as {controller: path}; the v2 line is under the key ""."""
     groups: dict[str, str] = {}
     for line in text.splitlines():
@@ -173,7 +173,7 @@ def _locate() -> Hierarchy | str:
     if os.environ.get("MBGD_CGROUPS", "1") == "0":
         return "turned off (MBGD_CGROUPS=0)"
     try:
-        groups = _own_groups(Path("/proc/self/cgroup").read_text())
+        groups = own_groups(Path("/proc/self/cgroup").read_text())
         mounts = _mounts(Path("/proc/self/mountinfo").read_text())
     except OSError:
         return "no cgroups on this system"

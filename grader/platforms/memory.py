@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grader.execution.cgroups import own_groups
 from grader.execution.limits import RunLimits
 
 HARNESS_MB = 450  # the grading process: python, torch (the reference), matplotlib, reports
@@ -44,16 +45,15 @@ def container_memory_mb(cgroup_root: Path = CGROUP) -> int | None:
     """
     candidates = [cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"]
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        groups = own_groups(Path("/proc/self/cgroup").read_text())
     except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        rel = path.lstrip("/")
-        if controllers == "":
-            candidates.append(cgroup_root / rel / "memory.max")
-        elif "memory" in controllers.split(","):
-            candidates.append(cgroup_root / "memory" / rel / "memory.limit_in_bytes")
+        groups = {}
+    if "" in groups:  # v2
+        candidates.append(cgroup_root / groups[""].lstrip("/") / "memory.max")
+    if "memory" in groups:  # v1
+        candidates.append(
+            cgroup_root / "memory" / groups["memory"].lstrip("/") / "memory.limit_in_bytes"
+        )
     found = [mb for mb in map(_read_limit, candidates) if mb is not None]
     return min(found) if found else None
 

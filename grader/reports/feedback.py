@@ -26,7 +26,7 @@ from markupsafe import Markup
 from grader import TESTED_TORCH
 from grader.models import ALWAYS_SHOWN, CellRun, CheckId, CheckResult, GradeResult, Reveal
 from grader.reports.learner_view import LearnerView, learner_view
-from grader.reports.plot import ANSWER_KEY, curves_data_uri, curves_svg
+from grader.reports.plot import ANSWER_KEY, curves_svg, svg_data_uri
 from grader.reports.rendering import environment, write_atomic
 
 MAX_TRACEBACK_LINES = 30
@@ -283,10 +283,8 @@ def _plot(result: GradeResult) -> Markup | None:
 
 def _picture_uri(result: GradeResult) -> str | None:
     """The same picture as a data URI, for Markdown's image syntax (results.json)."""
-    if not result.reference_curves and not result.learner_curves:
-        return None
-    label = f"your {result.answer_name}" if result.answer_name else None
-    return curves_data_uri(result.learner_curves, result.reference_curves, label)
+    svg = _plot(result)
+    return None if svg is None else svg_data_uri(svg)
 
 
 def feedback_html(result: GradeResult, *, reveal: Reveal = ALWAYS_SHOWN, plot: bool = True) -> str:

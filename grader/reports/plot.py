@@ -329,9 +329,7 @@ def curves_svg(
     return Markup(svg)  # built by an autoescaping template: markup, not text
 
 
-def curves_data_uri(
-    learner: list[Curve], reference: list[Curve], answer_label: str | None = None
-) -> str:
-    """The SVG as a data URI, for pages that take pictures only through <img>."""
-    svg = curves_svg(learner, reference, answer_label).encode("utf-8")
-    return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
+def svg_data_uri(svg: str) -> str:
+    """A drawn picture (`curves_svg`) as a data URI, for Markdown's image syntax and pages
+    that take pictures only through <img>."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")

@@ -22,6 +22,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from authlib.oauth2.rfc7523.client import ASSERTION_TYPE
 
 from grader.service.callback import ags_score
+from grader.service.capped import TooLarge, read_capped
 from grader.service.db import LtiScore
 from grader.service.lti_config import Platform
 
@@ -65,15 +66,6 @@ class Outcome:
         """A 4xx other than 401 (token) and 429 (slow down): sending again cannot help."""
         status = self.status
         return status is not None and 400 <= status < 500 and status not in (401, 429)
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> bytes:
-    data = bytearray()
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) > cap:
-            raise TokenError(f"the token endpoint sent more than {cap} bytes")
-    return bytes(data)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -133,8 +125,10 @@ class AgsClient:
             async with self.client.stream(
                 "POST", platform.auth_token_url, content=body.encode("ascii"), headers=headers
             ) as response:
-                raw = await _read_capped(response, MAX_TOKEN_RESPONSE)
+                raw = await read_capped(response, MAX_TOKEN_RESPONSE)
                 status = response.status_code
+        except TooLarge as too_large:
+            raise TokenError(f"the token endpoint sent {too_large}") from None
         except httpx.HTTPError as exc:
             raise TokenError(f"token endpoint: {type(exc).__name__}: {exc}"[:500]) from None
         text = raw.decode("utf-8", "replace")

@@ -20,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from grader.errors import GraderError
+from grader.service.capped import TooLarge, read_capped
 from grader.submission import DEFAULT_MAX_BYTES
 from grader.xqueue.contract import (
     ContractError,
@@ -53,24 +54,6 @@ class Download(GraderError):
     def __init__(self, message: str, *, final: bool) -> None:
         super().__init__(message)
         self.final = final
-
-
-class TooLarge(GraderError):
-    """A body passed its cap while it was read."""
-
-
-async def read_capped(response: httpx.Response, cap: int) -> bytes:
-    """The body of a streamed `response`, or TooLarge as soon as it passes `cap` bytes."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise TooLarge(f"{int(declared)} bytes")
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > cap:
-            raise TooLarge(f"more than {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class XQueueClient:

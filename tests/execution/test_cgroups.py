@@ -34,7 +34,7 @@ V2_MOUNTINFO = "29 23 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw
 
 
 def test_own_groups_are_read_per_controller() -> None:
-    groups = cgroups._own_groups(V1_CGROUP)
+    groups = cgroups.own_groups(V1_CGROUP)
     assert groups["memory"] == "/process_api/abc" and groups["pids"] == "/"
     assert groups["name=systemd"] == "/" and groups[""] == "/"
 

@@ -31,7 +31,7 @@ from grader.reports.feedback import (
     torch_note,
     write_reports,
 )
-from grader.reports.plot import DRAWN_POINTS, clean_label, curves_data_uri, curves_svg
+from grader.reports.plot import DRAWN_POINTS, clean_label, curves_svg, svg_data_uri
 from reference import LabSettings, expected, mistake_variants
 from tests.helpers import markdown_text
 
@@ -350,7 +350,7 @@ def test_picture_is_the_same_for_the_same_data_and_small():
     first = curves_svg(result.learner_curves, result.reference_curves, "your LOSS_MINI20")
     again = curves_svg(result.learner_curves, result.reference_curves, "your LOSS_MINI20")
     assert first == again and len(first.encode()) < 30_000
-    uri = curves_data_uri(result.learner_curves, result.reference_curves)
+    uri = svg_data_uri(first)
     assert uri.startswith("data:image/svg+xml;base64,")
 
 
