@@ -27,7 +27,7 @@ from grader.grading.rubric import load_rubric
 from grader.models import GradeResult, grader_failed
 from grader.platforms.memory import limits_for_container
 from grader.platforms.uploads import WrongUpload, grade_upload, script_instead, wrong_upload_result
-from grader.reports.feedback import feedback_html
+from grader.reports.feedback import feedback_html, withheld_text
 from grader.reports.learner_view import learner_view
 from grader.reports.rendering import write_atomic
 
@@ -56,8 +56,11 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def text_feedback(result: GradeResult) -> str:
     """The plain-text form of what the learner may see (the page's words, without it)."""
-    shown = learner_view(result).result
+    view = learner_view(result)
+    shown = view.result
     lines = [f"Score: {shown.score:g} / {shown.max_score:g}"]
+    if not view.complete:
+        lines.append(withheld_text(view))
     if shown.error:
         lines.append(shown.error)
     elif shown.diagnosis:

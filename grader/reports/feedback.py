@@ -73,7 +73,8 @@ def md_code_block(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def _withheld_text(view: LearnerView) -> str:
+def withheld_text(view: LearnerView) -> str:
+    """The sentence every learner's view shows while some checks are held back."""
     count = view.withheld
     more = " more" if view.result.checks else ""
     checks = f"{count}{more} check{'s' if count != 1 else ''}"
@@ -101,7 +102,7 @@ def torch_note(version: str) -> str:
     )
 
 
-def _notes(result: GradeResult) -> list[str]:
+def learner_notes(result: GradeResult) -> list[str]:
     """What the learner should know besides the checks: another torch than the tested one
     first, then what the run noted."""
     note = torch_note(result.torch_version)
@@ -118,9 +119,9 @@ def _output(result: GradeResult) -> str:
     if view.complete:
         parts = [f"**Score: {score}**"]
     elif not shown.checks:
-        parts = [f"**No check is shown here yet.** {_withheld_text(view)}"]
+        parts = [f"**No check is shown here yet.** {withheld_text(view)}"]
     else:
-        parts = [f"**Points on the checks shown: {score}.** {_withheld_text(view)}"]
+        parts = [f"**Points on the checks shown: {score}.** {withheld_text(view)}"]
     if shown.error:
         parts.append(f"**{STATUS_TEXT.get(shown.status, shown.status)}:** {md_escape(shown.error)}")
     if shown.diagnosis and shown.diagnosis != shown.error:
@@ -129,7 +130,7 @@ def _output(result: GradeResult) -> str:
         parts.append(label + md_escape(shown.diagnosis))
     if shown.answer_name:
         parts.append(f"Graded variable: {md_escape(shown.answer_name)}")
-    parts.extend(f"Note: {md_escape(note)}" for note in _notes(shown))
+    parts.extend(f"Note: {md_escape(note)}" for note in learner_notes(shown))
     return "\n\n".join(parts)
 
 
@@ -313,7 +314,7 @@ def feedback_html(result: GradeResult, *, reveal: Reveal = ALWAYS_SHOWN, plot: b
         plot=picture,
         cells=cells,
         more_cells=total_bad - len(cells),
-        notes=_notes(shown),
+        notes=learner_notes(shown),
         percent=(100 * shown.score / shown.max_score) if shown.max_score > 0 else 0,
         full_marks=view.complete and shown.max_score > 0 and shown.score >= shown.max_score,
         all_passed=all_passed,

@@ -15,7 +15,14 @@ import re
 import xml.etree.ElementTree as ET
 
 from grader.models import GradeResult
-from grader.reports.feedback import STATUS_TEXT, failing_cells, short_traceback
+from grader.reports.feedback import (
+    STATUS_TEXT,
+    failing_cells,
+    learner_notes,
+    short_traceback,
+    withheld_text,
+)
+from grader.reports.learner_view import learner_view
 
 MAX_MESSAGE_CHARS = 600  # one check's message, one note
 MAX_TRACEBACK_CHARS = 1500  # the end of one failing cell's traceback
@@ -42,13 +49,19 @@ def _add(
     return element
 
 
-def message_html(result: GradeResult, *, scale: float = 1.0) -> str:
-    """The fragment for `result`; `scale` turns the rubric's points into the problem's."""
+def message_html(graded: GradeResult, *, scale: float = 1.0) -> str:
+    """The fragment for `graded`, as a learner may see it (`learner_view`: checks the rubric
+    holds back are left out, and so is whatever would give them away); `scale` turns the
+    rubric's points into the problem's."""
+    view = learner_view(graded)
+    result = view.result
     root = ET.Element("div", {"class": "mbgd-grader-feedback"})
     score, top = result.score * scale, result.max_score * scale
     head = _add(root, "p")
     _add(head, "strong", f"Score: {_points(score)} / {_points(top)}")
     head[-1].tail = " \u2014 " + _text(STATUS_TEXT.get(result.status, result.status), 200)
+    if not view.complete:
+        _add(root, "p", withheld_text(view), css="withheld")
     if result.error:
         _add(root, "p", result.error, css="error")
     if result.diagnosis and result.diagnosis != result.error:
@@ -81,7 +94,7 @@ def message_html(result: GradeResult, *, scale: float = 1.0) -> str:
                 short_traceback(cell.traceback)[-MAX_TRACEBACK_CHARS:],
                 limit=MAX_TRACEBACK_CHARS + 1,
             )
-    notes = result.execution.notes[:5] if result.execution else []
+    notes = learner_notes(result)[:5]
     if notes:
         listing = _add(root, "ul", css="notes")
         for note in notes:

@@ -18,9 +18,11 @@ import pytest
 from grader.grading.checks import evaluate
 from grader.grading.rubric import Rubric, default_rubric_text, parse_rubric
 from grader.models import CellRun, Figure, GradeResult
+from grader.platforms.coursera import text_feedback
 from grader.reports.feedback import feedback_html, gradescope_json
 from grader.reports.learner_view import ALL_SHOWN_PASSED, learner_view
 from grader.service.dispatcher import _comment
+from grader.xqueue.feedback import message_html
 from reference import expected, mistake_variants
 from tests.helpers import comparison_axes, lab_execution
 
@@ -84,6 +86,8 @@ def learner_outputs(result: GradeResult) -> dict[str, str]:
         "gradescope_output": data["output"],
         "shown_tests": repr([t for t in data["tests"] if t["visibility"] == "visible"]),
         "comment": _comment(result),
+        "xqueue_msg": message_html(result),
+        "coursera_text": text_feedback(result),
         "view": repr((shown.score, shown.max_score, shown.diagnosis, shown.mistake, view.withheld)),
         "integrity": shown.integrity,
         "answer": repr(shown.answer_name),
@@ -114,6 +118,9 @@ def test_a_withheld_check_changes_nothing_a_learner_sees(check_id, visibility):
     points_shown = rubric.max_score - held.max_points
     assert f"{points_shown:g} / {points_shown:g} points shown" in " ".join(page.split())
     assert "not your final score" in seen_failing["gradescope_output"]
+    for text in (seen_failing["xqueue_msg"], seen_failing["coursera_text"]):
+        assert "1 more check" in text and "not your final score" in text
+        assert held.name not in text and check_id not in text
     assert (
         f"**Points on the checks shown: {points_shown:g} / {points_shown:g}.**"
         in (seen_failing["gradescope_output"])
