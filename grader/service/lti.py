@@ -3,15 +3,17 @@
 The tool authenticates with OAuth 2 client credentials and a signed JWT client assertion
 (``private_key_jwt``, RFC 7523, as the 1EdTech Security Framework asks): Authlib builds and
 signs the assertion, this module sends it, keeps the access token per platform until it
-expires (or until the platform answers 401), and POSTs the Score to ``{lineitem}/scores``.
-Everything a platform sends back is read with a size cap; redirects are never followed.
+expires, and POSTs the Score to ``{lineitem}/scores``. A Score refused with 401 or 403 (Open
+edX's lti-consumer-xblock answers a token it no longer accepts with 403) is posted once more
+at once with a new token. Everything a platform sends back is read with a size cap; redirects
+are never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +34,11 @@ ASSERTION_LIFETIME = 300  # seconds: the assertion is used at once, a short life
 TOKEN_LEEWAY = 30  # seconds before its expiry that a cached token is renewed
 MAX_TOKEN_RESPONSE = 64 * 1024
 MAX_ERROR_TEXT = 300
+TOKEN_REFUSED = (401, 403)
+# Open edX (lti-consumer-xblock, LtiAgsScoreSerializer.validate_timestamp): the line item
+# already holds a Score for this user with exactly this timestamp. Rendered by DRF as
+# {"timestamp":["Score already exists for the provided timestamp"]}, word for word since 2020.
+OPENEDX_SCORE_EXISTS = "Score already exists for the provided timestamp"
 
 
 class TokenError(Exception):
@@ -49,23 +56,54 @@ def scores_url(lineitem: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+def already_accepted(status: int, body: bytes) -> bool:
+    """Whether a refusal says the platform already holds this very Score.
+
+    Only Open edX's answer to a Score whose user and line item already have a Score with the
+    same ``timestamp``: 400 and a JSON body that is exactly
+    ``{"timestamp": ["Score already exists for the provided timestamp"]}`` (any spacing). The
+    outbox re-posts a Score byte for byte, the same ``timestamp`` included (see
+    `build_score`), so that answer means an earlier post of it was stored and only its answer
+    was lost. Anything more in the body (another field refused, another message) means the
+    Score was refused for another reason and is not taken as delivered.
+    """
+    if status != 400:
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return data == {"timestamp": [OPENEDX_SCORE_EXISTS]}
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt to post a Score: the HTTP status (None when none came) and what it means."""
+    """One attempt to post a Score: the HTTP status (None when none came) and what it means.
+
+    ``already``: the platform refused the post because it already holds this Score (see
+    `already_accepted`); that is delivered too, and ``error`` says so.
+    """
 
     status: int | None
     error: str
     retry_after: float | None = None
+    already: bool = False
 
     @property
     def delivered(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        return self.already or (self.status is not None and 200 <= self.status < 300)
 
     @property
     def final(self) -> bool:
-        """A 4xx other than 401 (token) and 429 (slow down): sending again cannot help."""
+        """A 4xx other than 401 (token) and 429 (slow down): sending again cannot help.
+
+        `AgsClient.post_score` has already tried a new token after a 401 or 403, so a 403
+        here came with a fresh token too.
+        """
         status = self.status
-        return status is not None and 400 <= status < 500 and status not in (401, 429)
+        if self.already or status is None:
+            return False
+        return 400 <= status < 500 and status not in (401, 429)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -82,9 +120,14 @@ class AgsClient:
         self._tokens: dict[str, OAuth2Token] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def forget_token(self, platform: Platform) -> None:
-        """The platform refused the token (401): the next attempt fetches a new one."""
-        self._tokens.pop(platform.issuer, None)
+    def forget_token(self, platform: Platform, token: str | None = None) -> None:
+        """The platform refused ``token`` (any cached one if None): the next use fetches anew.
+
+        A cached token other than ``token`` is kept: another post has already replaced it.
+        """
+        cached = self._tokens.get(platform.issuer)
+        if cached is not None and (token is None or cached["access_token"] == token):
+            del self._tokens[platform.issuer]
 
     def client_assertion(self, platform: Platform) -> str:
         """A fresh signed JWT: iss = sub = client_id, aud = the token URL, unique jti."""
@@ -99,10 +142,16 @@ class AgsClient:
             )
         )
 
-    async def token(self, platform: Platform) -> str:
-        """A valid access token for ``platform``: the cached one, or a new one."""
+    async def token(self, platform: Platform, refused: str | None = None) -> str:
+        """A valid access token for ``platform``: the cached one, or a new one.
+
+        ``refused``: a token the platform just refused; it is never returned again (a new one
+        is fetched unless another post has already put a new one in the cache).
+        """
         lock = self._locks.setdefault(platform.issuer, asyncio.Lock())
         async with lock:  # many scores due at once share one token request
+            if refused is not None:
+                self.forget_token(platform, refused)
             cached = self._tokens.get(platform.issuer)
             if cached is not None and not cached.is_expired(leeway=TOKEN_LEEWAY):
                 return str(cached["access_token"])
@@ -149,11 +198,31 @@ class AgsClient:
         return OAuth2Token.from_dict(data)
 
     async def post_score(self, platform: Platform, lineitem: str, score: bytes) -> Outcome:
-        """One attempt: token, then POST; never raises for what the platform does."""
+        """One attempt: token, then POST; never raises for what the platform does.
+
+        A 401 or 403 drops the token and posts the same bytes once more with a new one (Open
+        edX answers 403 to a token it no longer accepts, e.g. after its key was rotated); a
+        refusal of the new token too is returned as it is (a 403 is then final).
+        """
         try:
             token = await self.token(platform)
         except TokenError as exc:
             return Outcome(status=None, error=str(exc))
+        outcome = await self._post(token, lineitem, score)
+        if outcome.status not in TOKEN_REFUSED:
+            return outcome
+        try:
+            token = await self.token(platform, refused=token)
+        except TokenError as exc:
+            return Outcome(status=None, error=f"{outcome.error}; then {exc}"[:500])
+        outcome = await self._post(token, lineitem, score)
+        if outcome.status in TOKEN_REFUSED:
+            self.forget_token(platform, token)
+            error = f"{outcome.error} (refused with a new access token too)"
+            return replace(outcome, error=error)
+        return outcome
+
+    async def _post(self, token: str, lineitem: str, score: bytes) -> Outcome:
         headers = {
             "authorization": f"Bearer {token}",
             "content-type": SCORE_MEDIA_TYPE,
@@ -172,17 +241,24 @@ class AgsClient:
                             break
         except httpx.HTTPError as exc:
             return Outcome(status=None, error=f"{type(exc).__name__}: {exc}"[:500])
-        if status == 401:
-            self.forget_token(platform)
         error = "" if 200 <= status < 300 else f"HTTP {status}"
         text = detail[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
         if text:
             error += f": {text}"
+        if len(detail) <= MAX_ERROR_TEXT and already_accepted(status, detail):
+            error = f"the platform already had this Score ({error})"
+            return Outcome(status=status, error=error, already=True)
         return Outcome(status=status, error=error, retry_after=retry_after)
 
 
 def score_body(score: dict[str, Any]) -> bytes:
-    """The bytes posted, fixed once: every retry, after any restart, sends the same Score."""
+    """The bytes posted, fixed once: every retry, after any restart, sends the same Score.
+
+    They are stored in the outbox row with the result and never built again, so a re-post
+    carries the same ``timestamp``: a platform that stored the first post keeps one Score,
+    and Open edX's "Score already exists for the provided timestamp" can be taken as
+    delivered (`already_accepted`).
+    """
     return json.dumps(score, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -191,7 +267,12 @@ def build_score(
 ) -> LtiScore | None:
     """The Score row for a finished submission with an LTI target (``row``: its database row).
 
-    ``userId`` is the launch's ``sub`` from the target, not the LMS's own learner id.
+    ``userId`` is the launch's ``sub`` from the target, not the LMS's own learner id. The
+    ``timestamp`` is ``finished_at``, the moment the result was recorded, written into the
+    body here once: the outbox posts these bytes on every attempt and after every restart, so
+    every re-post of this Score has the same timestamp (which is what makes a re-post safe,
+    and Open edX's duplicate-timestamp answer mean "delivered"). A submission graded again
+    (killed mid-grading) gets a new row only if the first result was never recorded.
     """
     if not row["lti"]:
         return None

@@ -2,11 +2,14 @@
 
 A Score row is written with its result, in the same transaction, so a kill -9 at any moment
 leaves either no result or a result whose Score will be posted. Every attempt sends the same
-bytes (the AGS ``timestamp`` inside them is the grading time, so a platform that saw the first
-post keeps one result). 2xx is delivered; a 4xx other than 401 and 429 is final (the line item
-is gone, the user is not in the course ...) and shown in ``GET /v1/submissions/{id}``; a 401
-drops the cached access token and tries again at once; anything else is retried with backoff
-(at least ``Retry-After`` for a 429) until ``callback_max_attempts``.
+bytes (the AGS ``timestamp`` inside them is the grading time, fixed when the row was written,
+so a platform that saw the first post keeps one result). 2xx is delivered, and so is Open edX's
+400 "Score already exists for the provided timestamp" (an earlier post of these very bytes was
+stored, its answer lost: `lti.already_accepted`). A 401 or 403 makes the client post again at
+once with a new access token (`AgsClient.post_score`); a 4xx other than 401 and 429 after that
+is final (the line item is gone, the user is not in the course, the new token was refused
+too ...) and shown in ``GET /v1/submissions/{id}``; anything else is retried with backoff (at
+least ``Retry-After`` for a 429) until ``callback_max_attempts``.
 """
 
 from __future__ import annotations
@@ -60,8 +63,14 @@ class ScoreOutbox(DeliveryLoop):
         assert self._ags is not None
         outcome = await self._ags.post_score(platform, lineitem, bytes(row["body"]))
         if outcome.delivered:
-            await self._finish(seq, "delivered", outcome.status, "")
-            log.info("score for %s posted to %s (attempt %d)", row["submission"], issuer, attempt)
+            await self._finish(seq, "delivered", outcome.status, outcome.error)
+            log.info(
+                "score for %s posted to %s (attempt %d)%s",
+                row["submission"],
+                issuer,
+                attempt,
+                f": {outcome.error}" if outcome.error else "",
+            )
             return
         if outcome.final or attempt >= self.settings.callback_max_attempts:
             log.warning("score %s given up after %d attempts: %s", seq, attempt, outcome.error)
@@ -70,8 +79,6 @@ class ScoreOutbox(DeliveryLoop):
         delay = backoff_delay(
             attempt, self.settings.callback_backoff, self.settings.callback_backoff_cap
         )
-        if outcome.status == 401 and row["last_status"] != 401:
-            delay = 0.0  # the token was refused: a new one is fetched, try again now
         if outcome.retry_after is not None:
             delay = max(delay, outcome.retry_after)
         log.info("score %s attempt %d: %s; retry in %.1f s", seq, attempt, outcome.error, delay)

@@ -43,6 +43,7 @@ CLIENT_ID = "mbgd-client-" + uuid.uuid4().hex[:8]
 SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SCORE_TYPE = "application/vnd.ims.lis.v1.score+json"
+LOST = 0  # the platform's "status" for a Score it stored without answering
 
 
 # -- the platform -------------------------------------------------------------------------------
@@ -64,7 +65,14 @@ class ScorePost:
 
 @dataclass
 class Platform:
-    """Token endpoint + line items; answers per line item can be scripted."""
+    """Token endpoint + line items; answers per line item can be scripted.
+
+    ``openedx``: the scores endpoint answers as Open edX's lti-consumer-xblock does: 403
+    ``{"detail":"Invalid token signature."}`` for a token it does not accept (not 401), and
+    400 ``{"timestamp":["Score already exists for the provided timestamp"]}`` for a Score
+    whose user and line item already have one with that timestamp. A line item in
+    ``lose_answer`` keeps its next accepted Score and closes the connection unanswered.
+    """
 
     jwks_url: str = ""
     assertions: list[dict[str, Any]] = field(default_factory=list)
@@ -73,6 +81,9 @@ class Platform:
     posts: list[ScorePost] = field(default_factory=list)
     answer: dict[str, Callable[[], tuple[int, bytes]]] = field(default_factory=dict)
     expires_in: int = 3600
+    openedx: bool = False
+    stored: dict[tuple[str, str], str] = field(default_factory=dict)  # Open edX: timestamps
+    lose_answer: set[str] = field(default_factory=set)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def start(self) -> None:
@@ -88,6 +99,9 @@ class Platform:
                     status, body = platform.score(parts.path, parts.query, self.headers, raw)
                 else:
                     status, body = 404, b"{}"
+                if status == LOST:
+                    self.close_connection = True  # stored, but no answer comes back
+                    return
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -137,15 +151,31 @@ class Platform:
         with self.cond:
             if not auth.startswith("Bearer ") or token not in self.tokens:
                 status, body = 401, b'{"error": "invalid_token"}'
+                if self.openedx:
+                    status, body = 403, b'{"detail":"Invalid token signature."}'
             elif content_type != SCORE_TYPE:
                 status, body = 415, b'{"error": "unsupported media type"}'
             elif lineitem in self.answer:
                 status, body = self.answer[lineitem]()
+            elif self.openedx:
+                status, body = self.openedx_score(lineitem, raw)
             else:
                 status, body = 200, b"{}"
             self.posts.append(ScorePost(lineitem, query, token, content_type, raw, status))
             self.cond.notify_all()
         return status, body
+
+    def openedx_score(self, lineitem: str, raw: bytes) -> tuple[int, bytes]:
+        """One Score per (line item, userId); the same timestamp again is refused."""
+        score = json.loads(raw)
+        key = (lineitem, score["userId"])
+        if self.stored.get(key) == score["timestamp"]:
+            return 400, b'{"timestamp":["Score already exists for the provided timestamp"]}'
+        self.stored[key] = score["timestamp"]
+        if lineitem in self.lose_answer:
+            self.lose_answer.discard(lineitem)
+            return LOST, b""
+        return 201, raw
 
     def posts_to(self, lineitem: str) -> list[ScorePost]:
         with self.cond:
@@ -366,7 +396,8 @@ def test_a_401_drops_the_token_and_an_expired_token_is_renewed(setup: Setup) -> 
     assert first.raw == second.raw
     assert len(platform.assertions) == tokens_before + 1 and platform.refused_assertions == []
     state = setup.svc.state(answer.json()["id"])
-    assert state["lti"]["status"] == "delivered" and state["lti"]["attempts"] == 2
+    # One attempt: the 401 was followed at once by a post with a new token.
+    assert state["lti"]["status"] == "delivered" and state["lti"]["attempts"] == 1
     # The new token's life (as the service counts it) is over: the next Score fetches another
     # one first, with no 401 on the way.
     time.sleep(1.5)
@@ -376,3 +407,35 @@ def test_a_401_drops_the_token_and_an_expired_token_is_renewed(setup: Setup) -> 
     (post,) = platform.posts_to("expiry")
     assert post.answered == 200 and post.token not in (first.token, second.token)
     assert len(platform.assertions) == tokens_before + 2 and platform.refused_assertions == []
+
+
+def test_open_edx_403_for_a_revoked_token_and_a_lost_answer_both_end_delivered(
+    setup: Setup,
+) -> None:
+    """As against Open edX's lti-consumer-xblock: the cached token is answered with 403, so a
+    new one is fetched; the Score is stored but the answer lost; the re-post (the same bytes)
+    is answered 400 "Score already exists for the provided timestamp": delivered."""
+    platform = setup.platform
+    platform.openedx = True
+    try:
+        platform.wait(lambda: bool(platform.tokens), 1, "no token was issued before")
+        platform.revoke_tokens()
+        platform.lose_answer.add("edx")
+        tokens_before = len(platform.assertions)
+        answer = setup.svc.submit("edx-1", NOTEBOOK, lti=setup.lti("edx", "sub-edx"))
+        assert answer.status_code == 202
+        sub_id = answer.json()["id"]
+        deadline = time.monotonic() + 60
+        while (lti := setup.svc.state(sub_id)["lti"])["status"] in ("waiting", "pending"):
+            assert time.monotonic() < deadline, (lti, platform.posts_to("edx"))
+            time.sleep(0.2)
+    finally:
+        platform.openedx = False
+    assert lti["status"] == "delivered" and lti["last_status"] == 400, lti
+    assert lti["attempts"] == 2 and "already had this Score" in lti["last_error"]
+    refused, lost, again = platform.posts_to("edx")
+    assert (refused.answered, lost.answered, again.answered) == (403, LOST, 400)
+    assert refused.token != lost.token == again.token and lost.token in platform.tokens
+    assert refused.raw == lost.raw == again.raw  # the same Score, the same timestamp
+    assert platform.stored == {("edx", "sub-edx"): lost.score["timestamp"]}
+    assert len(platform.assertions) == tokens_before + 1 and platform.refused_assertions == []

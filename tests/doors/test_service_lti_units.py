@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from joserfc.jwk import KeySet, RSAKey
 
 from grader.cli import main
 from grader.service.db import Database, NewSubmission
-from grader.service.lti import AgsClient, Outcome, build_score, scores_url
+from grader.service.lti import AgsClient, Outcome, already_accepted, build_score, scores_url
 from grader.service.lti_config import LtiConfigError, load
 from grader.service.score_outbox import ScoreOutbox
-from grader.service.settings import SettingsError, from_environment
+from grader.service.settings import Settings, SettingsError, from_environment
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 # The short key is made and loaded on purpose, to see it refused.
@@ -285,32 +286,73 @@ def test_without_lti_config_lti_targets_are_refused_and_there_is_no_jwks() -> No
 
 # -- delivery from the outbox, against a loopback platform (no kernel) ---------------------------
 
+SCORE_SCOPE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+SCORE_TYPE = "application/vnd.ims.lis.v1.score+json"
+# What Open edX's lti-consumer-xblock answers, word for word (its LtiAgsScoreSerializer and
+# Lti1p3ApiAuthentication, rendered by DRF as compact JSON in the Score media type).
+EDX_SCORE_EXISTS = "Score already exists for the provided timestamp"
+EDX_SCORE_OLDER = "Score timestamp can only be updated to a later point in time"
+EDX_BAD_TOKEN = "Invalid token signature."
+EDX_NO_SCOPE = "You do not have permission to perform this action."
+
+
+@dataclasses.dataclass
+class Post:
+    """One Score POST the platform received, and what it answered (None: no answer)."""
+
+    item: str
+    when: float
+    bearer: str
+    raw: bytes
+    answered: int | None
+
 
 class ScriptedPlatform:
-    """A token endpoint and line items answering from a script; records what it is sent."""
+    """A token endpoint and line items answering from a script; records what it is sent.
 
-    def __init__(self, token_status: int = 200) -> None:
-        self.posts: list[tuple[str, float, str]] = []  # (line item, when, bearer token)
+    ``openedx=True`` answers as Open edX's lti-consumer-xblock does instead of from the script:
+    every token request gets a new token (``oe-1``, ``oe-2`` ...); a Score sent with a token it
+    does not know (revoked, expired, signed with a key it rotated away) gets 403
+    ``{"detail":"Invalid token signature."}`` (DRF turns the authentication failure into 403
+    because the authentication class sends no ``WWW-Authenticate``), one without the score
+    scope 403 ``{"detail":"You do not have permission to perform this action."}``; it keeps
+    one Score per line item and ``userId``: the same ``timestamp`` again is 400
+    ``{"timestamp":["Score already exists for the provided timestamp"]}``, an earlier one 400
+    "... later point in time", anything else is stored and echoed with 201. A line item in
+    ``lose_answer`` stores its next Score and closes the connection without answering.
+    """
+
+    def __init__(self, token_status: int = 200, *, openedx: bool = False) -> None:
+        self.posts: list[Post] = []
         self.script: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self.token_status = token_status
+        self.openedx = openedx
+        self.token_requests = 0
+        self.tokens: dict[str, str] = {}  # Open edX: the valid tokens and their scopes
+        self.grant_scope = SCORE_SCOPE
+        self.scores: dict[tuple[str, str], dict[str, Any]] = {}  # Open edX: (item, userId)
+        self.lose_answer: set[str] = set()
+        self.lock = threading.Lock()
         platform = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
+                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 headers: dict[str, str] = {}
                 if self.path == "/token":
-                    status = platform.token_status
-                    body = b'{"access_token": "t1", "token_type": "Bearer", "expires_in": 3600}'
-                    if status != 200:
-                        body = b'{"error": "invalid_client"}'
+                    status, body = platform.token()
+                elif platform.openedx:
+                    status, body = platform.openedx_score(self.path, self.headers, raw)
+                    headers = {"content-type": SCORE_TYPE}
+                    if status == 0:  # stored, and the answer is lost on the way back
+                        self.close_connection = True
+                        return
                 else:
                     item = self.path.split("/")[-2]
-                    bearer = self.headers.get("authorization", "")
-                    platform.posts.append((item, time.monotonic(), bearer))
                     script = platform.script.get(item) or [(200, {})]
                     status, headers = script.pop(0) if len(script) > 1 else script[0]
                     body = b"{}"
+                    platform.record(item, self.headers, raw, status)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -325,6 +367,144 @@ class ScriptedPlatform:
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def record(self, item: str, headers: Any, raw: bytes, status: int | None) -> None:
+        bearer = headers.get("authorization", "")
+        with self.lock:
+            self.posts.append(Post(item, time.monotonic(), bearer, raw, status))
+
+    def token(self) -> tuple[int, bytes]:
+        with self.lock:
+            self.token_requests += 1
+            if self.token_status != 200:
+                return self.token_status, b'{"error": "invalid_client"}'
+            if not self.openedx:
+                return 200, b'{"access_token": "t1", "token_type": "Bearer", "expires_in": 3600}'
+            token = f"oe-{self.token_requests}"
+            self.tokens[token] = self.grant_scope
+        body = {"access_token": token, "token_type": "bearer", "expires_in": 3600,
+                "scope": self.grant_scope}  # fmt: skip
+        return 200, json.dumps(body).encode()
+
+    def revoke_tokens(self) -> None:
+        with self.lock:
+            self.tokens.clear()
+
+    def openedx_score(self, path: str, headers: Any, raw: bytes) -> tuple[int, bytes]:
+        """LtiAgsLineItemViewset.scores: authentication, the score scope, the serializer."""
+        item = path.split("/")[-2]
+        status, body = self._openedx_answer(item, headers, raw)
+        if status == 201 and item in self.lose_answer:
+            self.lose_answer.discard(item)
+            status = 0
+        self.record(item, headers, raw, status or None)
+        return status, json.dumps(body, separators=(",", ":")).encode()
+
+    def _openedx_answer(self, item: str, headers: Any, raw: bytes) -> tuple[int, Any]:
+        auth = headers.get("authorization", "").split()
+        with self.lock:
+            if len(auth) != 2 or auth[0].lower() != "bearer" or auth[1] not in self.tokens:
+                return 403, {"detail": EDX_BAD_TOKEN}
+            if SCORE_SCOPE not in self.tokens[auth[1]].split():
+                return 403, {"detail": EDX_NO_SCOPE}
+            if headers.get("content-type") != SCORE_TYPE:
+                return 415, {"detail": "Unsupported media type in request."}
+            score = json.loads(raw)
+            errors = {
+                field: ["This field is required."]
+                for field in ("timestamp", "activityProgress", "gradingProgress", "userId")
+                if field not in score
+            }
+            if score.get("scoreGiven") is not None and not score.get("scoreMaximum"):
+                errors["scoreMaximum"] = [
+                    "scoreMaximum is a required field when providing a scoreGiven value."
+                ]
+            if errors:
+                return 400, errors
+            when = datetime.fromisoformat(score["timestamp"])
+            existing = self.scores.get((item, score["userId"]))
+            if existing is not None and existing["when"] > when:
+                return 400, {"timestamp": [EDX_SCORE_OLDER]}
+            if existing is not None and existing["when"] == when:
+                return 400, {"timestamp": [EDX_SCORE_EXISTS]}
+            self.scores[(item, score["userId"])] = {**score, "when": when}
+            return 201, score
+
+    def posts_to(self, item: str) -> list[Post]:
+        with self.lock:
+            return [p for p in self.posts if p.item == item]
+
+
+def outbox_settings(keys: dict[str, Path], *platforms: ScriptedPlatform) -> Settings:
+    text = "".join(
+        platform_toml(
+            issuer=p.base, token_url=f"{p.base}/token", extra=f'lineitem_hosts = ["{p.base}"]'
+        )
+        for p in platforms
+    )
+    return dataclasses.replace(
+        from_environment(env={"MBGD_WEBHOOK_SECRET": WEBHOOK_SECRET}),
+        lti=load(write(keys, text)),
+        callback_backoff=0.05,
+        callback_backoff_cap=0.2,
+    )
+
+
+def queue_score(
+    db: Database,
+    sub_id: str,
+    issuer: str,
+    host: str,
+    *,
+    user: str = "u",
+    finished_at: float = 0,
+    item: str | None = None,
+) -> None:
+    """A graded submission whose Score goes to ``{host}/li/{item or sub_id}``, due now."""
+    target = {"issuer": issuer, "lineitem": f"{host}/li/{item or sub_id}", "user_id": user}
+    sub = NewSubmission(
+        id=sub_id, webhook_id=f"w-{sub_id}", submission_id=sub_id, learner_id="l",
+        assignment_id=None, callback_url=None, name=sub_id, notebook=b"{}", sha256=sub_id,
+        response="{}", lti=json.dumps(target),
+    )  # fmt: skip
+    db.insert(sub)
+    assert db.claim() is not None
+    score = build_score(
+        db.get(sub_id), score=1, max_score=10, comment="", finished_at=finished_at or time.time()
+    )
+    db.finish(sub_id, status="graded", fingerprint="f", grade="{}", result="{}", error=None,
+              score=score)  # fmt: skip
+
+
+async def drain(db: Database, outbox: ScoreOutbox, items: list[str], until: Any = None) -> None:
+    """Waits until every item is delivered or dead (or ``until()`` holds)."""
+
+    def done() -> bool:
+        if until is not None:
+            return bool(until())
+        return all(db.get(i)["lti_status"] in ("delivered", "dead") for i in items)
+
+    outbox.wake()
+    deadline = time.monotonic() + 20
+    while not done():
+        assert time.monotonic() < deadline, [
+            {k: v for k, v in db.get(i).items() if k.startswith("lti")} for i in items
+        ]
+        await asyncio.sleep(0.05)
+
+
+def deliver(db: Database, settings: Settings, items: list[str], until: Any = None) -> None:
+    """Runs a Score outbox (a new one: no cached token) until ``drain`` returns."""
+
+    async def run() -> None:
+        outbox = ScoreOutbox(db, settings)
+        await outbox.start()
+        try:
+            await drain(db, outbox, items, until)
+        finally:
+            await outbox.stop()
+
+    asyncio.run(run())
+
 
 def test_score_outbox_retries_waits_and_gives_up_as_the_platform_says(
     keys: dict[str, Path], tmp_path: Path
@@ -335,18 +515,7 @@ def test_score_outbox_retries_waits_and_gives_up_as_the_platform_says(
         "deleted": [(404, {})],
         "flaky": [(502, {}), (500, {}), (201, {})],
     }
-    text = "".join(
-        platform_toml(
-            issuer=p.base, token_url=f"{p.base}/token", extra=f'lineitem_hosts = ["{p.base}"]'
-        )
-        for p in (good, broken)
-    )
-    settings = dataclasses.replace(
-        from_environment(env={"MBGD_WEBHOOK_SECRET": WEBHOOK_SECRET}),
-        lti=load(write(keys, text)),
-        callback_backoff=0.05,
-        callback_backoff_cap=0.2,
-    )
+    settings = outbox_settings(keys, good, broken)
     db = Database(tmp_path / "scores.db")
     targets = {
         "busy": good.base,
@@ -355,52 +524,158 @@ def test_score_outbox_retries_waits_and_gives_up_as_the_platform_says(
         "refused": broken.base,  # its token endpoint says invalid_client
         "forgotten": "https://no-longer-registered.example",
     }
-    for n, (item, issuer) in enumerate(targets.items()):
-        host = broken.base if issuer == broken.base else good.base
-        target = {"issuer": issuer, "lineitem": f"{host}/li/{item}", "user_id": "u"}
-        sub = NewSubmission(
-            id=item, webhook_id=f"w{n}", submission_id=item, learner_id="l", assignment_id=None,
-            callback_url=None, name=item, notebook=b"{}", sha256=item, response="{}",
-            lti=json.dumps(target),
-        )  # fmt: skip
-        db.insert(sub)
-        assert db.claim() is not None
-        score = build_score(
-            db.get(item), score=1, max_score=10, comment="", finished_at=time.time()
-        )
-        db.finish(item, status="graded", fingerprint="f", grade="{}", result="{}", error=None,
-                  score=score)  # fmt: skip
-
-    async def deliver() -> None:
-        outbox = ScoreOutbox(db, settings)
-        await outbox.start()
-        try:
-            deadline = time.monotonic() + 20
-            while db.get("busy")["lti_status"] == "pending" or (
-                db.get("refused")["lti_attempts"] < 2
-            ):
-                assert time.monotonic() < deadline, [
-                    {k: v for k, v in db.get(i).items() if k.startswith("lti")} for i in targets
-                ]
-                await asyncio.sleep(0.05)
-        finally:
-            await outbox.stop()
-
-    asyncio.run(deliver())
+    for item, issuer in targets.items():
+        queue_score(db, item, issuer, broken.base if issuer == broken.base else good.base)
+    deliver(
+        db,
+        settings,
+        list(targets),
+        until=lambda: (
+            db.get("busy")["lti_status"] != "pending" and db.get("refused")["lti_attempts"] >= 2
+        ),
+    )
     state = {item: db.get(item) for item in targets}
     assert state["busy"]["lti_status"] == "delivered" and state["busy"]["lti_attempts"] == 2
-    busy = [when for item, when, _ in good.posts if item == "busy"]
+    busy = [p.when for p in good.posts_to("busy")]
     assert busy[1] - busy[0] >= 0.9  # Retry-After: 1 was honoured (backoff alone is 0.05 s)
     assert state["flaky"]["lti_status"] == "delivered" and state["flaky"]["lti_attempts"] == 3
     assert state["deleted"]["lti_status"] == "dead" and state["deleted"]["lti_last_status"] == 404
-    assert [item for item, _, _ in good.posts].count("deleted") == 1  # final: never again
+    assert len(good.posts_to("deleted")) == 1  # final: never again
     refused = state["refused"]
     assert refused["lti_status"] == "pending" and refused["lti_last_status"] is None
     assert "token endpoint answered HTTP 400" in refused["lti_last_error"]
     assert "invalid_client" in refused["lti_last_error"] and broken.posts == []  # no token
     assert state["forgotten"]["lti_status"] == "dead"
     assert "not registered" in state["forgotten"]["lti_last_error"]
-    assert {bearer for _, _, bearer in good.posts} == {"Bearer t1"}  # one token, cached
+    assert {p.bearer for p in good.posts} == {"Bearer t1"}  # one token, cached
     db.close()
     good.server.shutdown()
     broken.server.shutdown()
+
+
+# -- Open edX (lti-consumer-xblock) ---------------------------------------------------------------
+
+
+def test_openedx_403_for_a_revoked_token_fetches_one_new_token_and_delivers(
+    keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Open edX answers a token it no longer accepts with 403, not 401: the cached token is
+    dropped and the same Score posted again at once with a new one, in the same attempt;
+    Scores refused together share that one new token."""
+    edx = ScriptedPlatform(openedx=True)
+    settings = outbox_settings(keys, edx)
+    db = Database(tmp_path / "edx.db")
+    items = ["second", "third", "fourth"]
+
+    async def run() -> None:
+        outbox = ScoreOutbox(db, settings)
+        await outbox.start()
+        try:
+            queue_score(db, "first", edx.base, edx.base)
+            await drain(db, outbox, ["first"])
+            assert db.get("first")["lti_status"] == "delivered" and edx.token_requests == 1
+            edx.revoke_tokens()  # e.g. the platform's key was rotated: oe-1 is not valid now
+            for item in items:
+                queue_score(db, item, edx.base, edx.base)
+            await drain(db, outbox, items)
+        finally:
+            await outbox.stop()
+
+    asyncio.run(run())
+    for item in items:
+        state = db.get(item)
+        assert state["lti_status"] == "delivered", state
+        assert state["lti_attempts"] == 1 and state["lti_last_status"] == 201
+        *refused, accepted = edx.posts_to(item)
+        assert [p.answered for p in refused] in ([], [403]) and accepted.answered == 201
+        assert all(p.bearer == "Bearer oe-1" for p in refused)
+        assert accepted.bearer == "Bearer oe-2" and len({p.raw for p in refused + [accepted]}) == 1
+    assert edx.token_requests == 2  # one new token for all of them
+    assert set(edx.scores) == {(item, "u") for item in ["first", *items]}
+    db.close()
+    edx.server.shutdown()
+
+
+def test_openedx_403_with_a_new_token_too_is_final_and_shown(
+    keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """A new token refused as well (here: the platform grants no score scope, as Open edX
+    does when the block's "Assignment and Grades" is "Disabled") is not retried again."""
+    edx = ScriptedPlatform(openedx=True)
+    edx.grant_scope = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
+    settings = outbox_settings(keys, edx)
+    db = Database(tmp_path / "edx.db")
+    queue_score(db, "noscope", edx.base, edx.base)
+    deliver(db, settings, ["noscope"])
+    time.sleep(0.3)  # no retry comes
+    state = db.get("noscope")
+    assert state["lti_status"] == "dead" and state["lti_last_status"] == 403
+    assert state["lti_attempts"] == 1
+    assert EDX_NO_SCOPE in state["lti_last_error"] and "new access token" in state["lti_last_error"]
+    first, second = edx.posts_to("noscope")
+    assert (first.answered, second.answered) == (403, 403)
+    assert (first.bearer, second.bearer) == ("Bearer oe-1", "Bearer oe-2")
+    assert edx.token_requests == 2 and edx.scores == {}
+    db.close()
+    edx.server.shutdown()
+
+
+def test_openedx_a_score_posted_again_after_its_answer_was_lost_is_delivered(
+    keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The platform stored the Score but its answer never came back (the connection dropped;
+    a kill -9 after the POST is the same for the outbox): the same bytes, with the same
+    timestamp, are posted again, and Open edX's 400 "Score already exists for the provided
+    timestamp" means the Score is there. Any other 400 stays final."""
+    edx = ScriptedPlatform(openedx=True)
+    edx.lose_answer = {"lost"}
+    settings = outbox_settings(keys, edx)
+    db = Database(tmp_path / "edx.db")
+    queue_score(db, "lost", edx.base, edx.base, user="learner-1", finished_at=1.7e9)
+    deliver(db, settings, ["lost"])
+    state = db.get("lost")
+    assert state["lti_status"] == "delivered" and state["lti_last_status"] == 400, state
+    assert state["lti_attempts"] == 2 and "already" in state["lti_last_error"]
+    first, second = edx.posts_to("lost")
+    assert (first.answered, second.answered) == (None, 400)
+    assert first.raw == second.raw  # byte for byte: the timestamp is the grading time
+    assert json.loads(first.raw)["timestamp"] == "2023-11-14T22:13:20.000+00:00"
+    stored = edx.scores[("lost", "learner-1")]
+    assert stored["scoreGiven"] == 1 and stored["timestamp"] == json.loads(first.raw)["timestamp"]
+    # A newer Score for the same learner and line item is there: an older one is refused with
+    # another 400 ("... later point in time"), which is final and shown, not taken as delivered.
+    queue_score(db, "newer", edx.base, edx.base, user="learner-2", finished_at=1.8e9, item="li")
+    deliver(db, settings, ["newer"])
+    queue_score(db, "older", edx.base, edx.base, user="learner-2", finished_at=1.6e9, item="li")
+    deliver(db, settings, ["older"])
+    assert db.get("newer")["lti_status"] == "delivered"
+    older = db.get("older")
+    assert older["lti_status"] == "dead" and older["lti_last_status"] == 400
+    assert EDX_SCORE_OLDER in older["lti_last_error"] and older["lti_attempts"] == 1
+    db.close()
+    edx.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "already"),
+    [
+        (400, b'{"timestamp":["Score already exists for the provided timestamp"]}', True),
+        (400, b'{ "timestamp" : [ "Score already exists for the provided timestamp" ] }\n', True),
+        (400, b'{"timestamp":["Score timestamp can only be updated to a later point in time"]}',
+         False),
+        (400, b'{"timestamp":["Score already exists for the provided timestamp"],'
+              b'"userId":["This field is required."]}', False),
+        (400, b'{"timestamp":["Score already exists for the provided timestamp","x"]}', False),
+        (400, b'{"timestamp":"Score already exists for the provided timestamp"}', False),
+        (400, b'{"detail":"Score already exists for the provided timestamp"}', False),
+        (400, b'{"timestamp":["score already exists for the provided timestamp."]}', False),
+        (400, b"Score already exists for the provided timestamp", False),
+        (400, b'{"timestamp":["Score already exists for the provided time', False),
+        (409, b'{"timestamp":["Score already exists for the provided timestamp"]}', False),
+        (422, b'{"timestamp":["Score already exists for the provided timestamp"]}', False),
+    ],
+)  # fmt: skip
+def test_only_open_edx_s_duplicate_timestamp_answer_counts_as_already_accepted(
+    status: int, body: bytes, already: bool
+) -> None:
+    assert already_accepted(status, body) is already
