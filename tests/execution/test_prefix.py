@@ -2,7 +2,7 @@
 
 Only an exact prefix of a known lab version qualifies: a changed, reordered or missing cell
 ends the match there, an unknown lab matches nothing, and the learner's last cell is never
-part of it.
+part of it. Versions are hashes of the lab's cells (`tests/execution/test_lab_hashes.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from grader.execution.prefix import (
     MIN_CELLS,
     LabNotebookError,
     LabPrefix,
+    LabVersion,
     PrefixRun,
     known_versions,
     lab_from_notebook,
@@ -45,8 +46,8 @@ def _sources(path: Path) -> list[str]:
 
 
 def test_the_shipped_versions_include_the_samples_lab_exactly() -> None:
-    versions = {v.version: v for v in known_versions()}
-    assert versions["samples"].cells == LAB
+    versions = {v.name: v for v in known_versions()}
+    assert versions["samples"] == LabVersion.of("samples", LAB)
 
 
 def test_the_whole_lab_then_an_answer_matches_the_whole_lab() -> None:
@@ -84,8 +85,9 @@ def test_an_unknown_lab_matches_nothing() -> None:
 
 
 def test_a_republished_version_is_one_more_entry() -> None:
-    republished = LabPrefix("republished", (*LAB[:3], "# the data, now with a comment\n" + LAB[3]))
-    mine = [*republished.cells, *LAB[4:], ANSWER]
+    cells = (*LAB[:3], "# the data, now with a comment\n" + LAB[3])
+    republished = LabVersion.of("republished", cells)
+    mine = [*cells, *LAB[4:], ANSWER]
     found = match(mine, [*known_versions(), republished])
     assert found is not None and found.version == "republished" and len(found.cells) == 4
     assert match(mine) is None  # against the shipped versions only: 3 cells, too few
@@ -143,8 +145,8 @@ def test_the_course_s_own_lab_notebook_is_a_known_version(tmp_path, monkeypatch)
     monkeypatch.setenv(LAB_NOTEBOOKS_ENV, os.pathsep.join([str(broken), str(lab)]))
     found = match(mine)
     assert found is not None and found.version == "notebook:lab v2.ipynb"
-    assert found.cells == tuple(republished)  # up to the learner's answer, from the file
-    assert [v.version for v in known_versions()][-1] == "notebook:lab v2.ipynb"
+    assert found.cells == tuple(republished)  # up to the answer: the submission's, as the file's
+    assert [v.name for v in known_versions()][-1] == "notebook:lab v2.ipynb"
 
 
 def test_a_lab_notebook_that_cannot_be_the_lab_is_a_clear_usage_error(tmp_path) -> None:
