@@ -3,6 +3,13 @@
 Each check is one small function returning a `CheckResult`; `evaluate` finds the answer once
 and hands every check the same facts, so the messages never contradict each other.
 
+What a message may tell: its own check's findings, and another check's (what is wrong with
+LOSS20, where it was found, which figure has the five methods) only while a learner who reads
+this message also sees that check (`Facts.may_tell`, from the rubric's visibilities). With
+`loss20.values` hidden, `plot.loss20` says "no plotted line shows the batch-20 losses", never
+"your LOSS20 shows batch-size-10 numbers": a held-back check's verdict does not leak through
+a shown one (`grader.reports.learner_view` leaves out everything else computed from it).
+
 Cost: the probe reader caps what an Execution holds (200 variables of at most 10,000 values,
 500 figures, 5,000 lines and 1,000,000 values over all figures); every step here is linear
 in that, so `evaluate` takes well under a second at the caps. It runs in a worker thread
@@ -66,6 +73,18 @@ class Facts:
     @property
     def want(self) -> list[float]:
         return self.expected[ANSWER_METHOD]
+
+    def may_tell(self, spec: CheckSpec, *others: str) -> bool:
+        """May `spec`'s message tell what the checks `others` found? Only if a learner who
+        reads it sees them too: they are visible, or shown exactly when it is, or it is
+        never shown, or they are not in the rubric (then there is no verdict to give away)."""
+        for other in others:
+            theirs = self.rubric.check(other)
+            if theirs is None or spec.visibility == "hidden":
+                continue
+            if theirs.visibility not in ("visible", spec.visibility):
+                return False
+        return True
 
 
 def _numeric(variable: Variable) -> bool:
@@ -149,11 +168,15 @@ def check_present(spec: CheckSpec, facts: Facts) -> CheckResult:
     answer = facts.answer
     if answer.by_alias:
         return _result(spec, True, f"Found your batch-20 losses in {answer.name}.")
+    # found by value, or right numbers in another list: that tells the values check's verdict
+    tell = facts.may_tell(spec, CheckId.LOSS20_VALUES)
+    if answer.name and not tell:
+        return _result(spec, True, f"Found a list to grade as LOSS20: {answer.name}.")
     if answer.name:
         return _result(
             spec, True, f"Found the batch-20 losses under the name {answer.name} (by value)."
         )
-    if answer.window:
+    if answer.window and tell:
         name, offset = answer.window
         where = f"{answer.alias_empty} is empty, but" if answer.alias_empty else "No LOSS20, but"
         return _result(
@@ -170,12 +193,18 @@ def check_present(spec: CheckSpec, facts: Facts) -> CheckResult:
             f"{answer.alias_empty} exists but holds no numbers. Append the loss at the start of "
             "each epoch inside your batch-20 training loop.",
         )
+    if answer.window:
+        return _result(spec, False, NO_LOSS20 + " " + STORE_LOSS20)
     return _result(
         spec,
         False,
-        "No list named LOSS20 (or LOSS_MINI20, ...) was found, and no other list holds the "
-        "batch-20 losses. Store the loss of each epoch in a list called LOSS20.",
+        NO_LOSS20[:-1] + ", and no other list holds the batch-20 losses. " + STORE_LOSS20,
     )
+
+
+NO_LOSS20 = "No list named LOSS20 (or LOSS_MINI20, ...) was found."
+STORE_LOSS20 = "Store the loss of each epoch in a list called LOSS20."
+NO_MATCH = "Your batch-20 losses do not match the reference."
 
 
 def _mismatch_message(facts: Facts, got: list[float]) -> tuple[str, str]:
@@ -204,6 +233,8 @@ def check_values(spec: CheckSpec, facts: Facts) -> CheckResult:
     answer = facts.answer
     if facts.data is not None:
         return _result(spec, False, facts.data.message, diagnosis=facts.data.id)
+    if not answer.name and not facts.may_tell(spec, CheckId.LOSS20_PRESENT):
+        return _result(spec, False, NO_MATCH)  # why (no LOSS20) is the present check's
     if answer.window:
         name, offset = answer.window
         return _result(
@@ -346,7 +377,8 @@ def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
                 return _result(spec, True, f"Your batch-20 losses are plotted{label}.")
             if shows_own and own_line is None:
                 own_line = line
-    if own_line is not None:
+    # what is wrong with the plotted LOSS20 is the values check's to say
+    if own_line is not None and facts.may_tell(spec, *ANSWER_CHECKS):
         what, mistake = _wrong_answer(facts)
         return _result(
             spec,
@@ -363,6 +395,9 @@ def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
         "No plotted line shows the batch-20 losses. Plot LOSS20, e.g. "
         "plt.plot(LOSS20, label='Mini-Batch Gradient Descent, Batch size: 20').",
     )
+
+
+ANSWER_CHECKS = (CheckId.LOSS20_VALUES, CheckId.LOSS20_PRESENT)  # what LOSS20 is, where it is
 
 
 def _lines_off(off: list[str], facts: Facts) -> str:
@@ -382,13 +417,25 @@ def _lines_off(off: list[str], facts: Facts) -> str:
 
 
 def check_all_methods(spec: CheckSpec, facts: Facts) -> CheckResult:
+    """One figure with all five methods' losses. While what LOSS20 holds and what its line
+    shows may not be told (`Facts.may_tell`), the lines that are off are named without the
+    batch-20 one, so the message is the same whether it is among them or not."""
     axes, methods = best_comparison_axes(facts)
     if axes is None:
         return _result(spec, False, "No figure shows any of the five methods' losses.")
     off = [] if facts.rubric.plots.accept_learner_values else _off_reference(axes, methods, facts)
+    tell = facts.may_tell(spec, *ANSWER_CHECKS, CheckId.PLOT_LOSS20)  # what its line shows
+    named = off if tell else [m for m in off if m != ANSWER_METHOD]
     if len(methods) == len(facts.expected) and not off:
         return _result(spec, True, "One figure compares all five methods.")
-    if len(methods) == len(facts.expected) and facts.data is not None:
+    if len(methods) == len(facts.expected) and not named:  # the batch-20 line, unnamed
+        return _result(
+            spec,
+            False,
+            "One figure shows all five methods, but not every line matches the reference. "
+            "Check your lists and plot them again.",
+        )
+    if len(methods) == len(facts.expected) and facts.data is not None and tell:
         return _result(
             spec,
             False,
@@ -400,15 +447,15 @@ def check_all_methods(spec: CheckSpec, facts: Facts) -> CheckResult:
             spec,
             False,
             "One figure shows all five methods, but "
-            + _lines_off(off, facts)
+            + _lines_off(named, facts)
             + (
                 ". Fix that list and plot it again."
-                if len(off) == 1
+                if len(named) == 1
                 else ". Fix those lists and plot them again."
             ),
         )
     missing = [LEGEND_NAMES[m] for m in facts.expected if m not in methods]
-    if ANSWER_METHOD in methods:
+    if ANSWER_METHOD in methods and facts.may_tell(spec, CheckId.PLOT_LOSS20):
         message = (
             f"Your figure with the batch-20 loss shows {len(methods)} of 5 methods; "
             f"it does not show {' or '.join(missing)}."
@@ -418,30 +465,33 @@ def check_all_methods(spec: CheckSpec, facts: Facts) -> CheckResult:
             f"The figure with the most methods shows {len(methods)} of 5; missing: "
             f"{', '.join(missing)}."
         )
-    if off:
-        message += " Besides, " + _lines_off(off, facts) + "."
+    if named:
+        message += " Besides, " + _lines_off(named, facts) + "."
     return _result(spec, False, message + " Plot all five loss lists in one figure.")
 
 
 def check_legend(spec: CheckSpec, facts: Facts) -> CheckResult:
     axes, methods = best_comparison_axes(facts)
     if axes is None or len(methods) < len(facts.expected):
-        return _result(spec, False, "There is no figure with all five methods to label.")
-    unlabeled = [
-        LEGEND_NAMES[m] for m, index in methods.items() if not axes.lines[index].label.strip()
-    ]
-    if not axes.legend:
-        return _result(
-            spec, False, "The figure with all five methods has no legend: call plt.legend()."
-        )
-    if unlabeled:
-        return _result(
-            spec,
-            False,
+        message = "There is no figure with all five methods to label."
+    elif not axes.legend:
+        message = "The figure with all five methods has no legend: call plt.legend()."
+    elif unlabeled := [
+        LEGEND_NAMES[m] for m, i in methods.items() if not axes.lines[i].label.strip()
+    ]:
+        message = (
             "The legend does not name every line; unlabelled: " + ", ".join(unlabeled) + ". "
-            "Pass label=... to each plt.plot.",
+            "Pass label=... to each plt.plot."
         )
-    return _result(spec, True, "The legend names every method.")
+    else:
+        return _result(spec, True, "The legend names every method.")
+    if not facts.may_tell(spec, CheckId.PLOT_ALL_METHODS):
+        # which figure shows the five methods (if one does) is plot.all_methods's to say
+        message = (
+            "No figure has a legend naming each of the five methods. Pass label=... to each "
+            "plt.plot and call plt.legend()."
+        )
+    return _result(spec, False, message)
 
 
 # What each check id tests (CheckId.INTEGRITY_SEED is the pipeline's: it needs a re-run).

@@ -167,10 +167,18 @@ class Rubric(BaseModel):
         )
 
     def with_integrity(self) -> Rubric:
-        """The rubric plus the 0-point `integrity.seed` check, for integrity runs."""
+        """The rubric plus the 0-point `integrity.seed` check, for integrity runs. It re-checks
+        LOSS20's numbers, so learners see it when they see the values check (its visibility),
+        unless the rubric lists it itself."""
         if self.check(CheckId.INTEGRITY_SEED):
             return self
-        extra = CheckSpec(id=CheckId.INTEGRITY_SEED, title="Same code, secret seed", points=0)
+        values = self.check(CheckId.LOSS20_VALUES)
+        extra = CheckSpec(
+            id=CheckId.INTEGRITY_SEED,
+            title="Same code, secret seed",
+            points=0,
+            visibility=values.visibility if values else "visible",
+        )
         return self.model_copy(update={"checks": [*self.checks, extra]})
 
 

@@ -24,7 +24,15 @@ import jinja2
 from markupsafe import Markup
 
 from grader import TESTED_TORCH
-from grader.models import ALWAYS_SHOWN, CellRun, CheckId, CheckResult, GradeResult, Reveal
+from grader.models import (
+    ALWAYS_SHOWN,
+    VISIBILITIES,
+    CellRun,
+    CheckId,
+    CheckResult,
+    GradeResult,
+    Reveal,
+)
 from grader.reports.learner_view import LearnerView, learner_view
 from grader.reports.plot import ANSWER_KEY, curves_svg, svg_data_uri
 from grader.reports.rendering import environment, write_atomic
@@ -193,31 +201,44 @@ def _test_output(check: CheckResult, result: GradeResult, picture: str | None) -
     return "\n\n".join(part for part in parts if part)
 
 
+def _alongside(check: CheckResult) -> Reveal:
+    """What a learner who reads `check`'s test on Gradescope sees with it: the visible checks
+    and those of its own visibility (a hidden test no learner reads)."""
+    if check.visibility == "hidden":
+        return frozenset(VISIBILITIES)
+    return frozenset({"visible", check.visibility})
+
+
+def _test(check: CheckResult, result: GradeResult, plot: bool) -> dict[str, Any]:
+    """One test, its output drawn from what a learner reading it may see (`_alongside`)."""
+    seen = learner_view(result, _alongside(check)).result
+    said = next(c for c in seen.checks if c.id == check.id)
+    picture = _picture_uri(seen) if plot and check.id == CheckId.LOSS20_VALUES else None
+    return {
+        "name": check.name,
+        "score": _num(check.points),
+        "max_score": _num(check.max_points),
+        "status": "passed" if check.passed else "failed",
+        "output": _test_output(said, seen, picture),
+        "output_format": "md",
+        "visibility": check.visibility,
+        "extra_data": {"id": check.id, "diagnosis": said.diagnosis},
+    }
+
+
 def gradescope_json(result: GradeResult, *, plot: bool = True) -> dict[str, Any]:
     """results.json content in Gradescope's autograder schema (plus our `extra_data`).
 
     Each test carries its check's visibility, which Gradescope honours (it hides the total
     score from learners while any test is hidden); the top-level `output` is what every
-    learner may see at once. `plot`: True draws the loss-curve picture into the
-    loss20.values test (an SVG data URI, a few KB), False leaves the picture out (the table
-    of numbers stays)."""
-    picture = _picture_uri(result) if plot else None
-    tests = [
-        {
-            "name": check.name,
-            "score": _num(check.points),
-            "max_score": _num(check.max_points),
-            "status": "passed" if check.passed else "failed",
-            "output": _test_output(check, result, picture),
-            "output_format": "md",
-            "visibility": check.visibility,
-            "extra_data": {"id": check.id, "diagnosis": check.diagnosis},
-        }
-        for check in result.checks
-    ]
+    learner may see at once, and each test's output what a learner may see with it.
+    `plot`: True draws the loss-curve picture into the loss20.values test (an SVG data URI,
+    a few KB), False leaves the picture out (the table of numbers stays)."""
+    tests = [_test(check, result, plot) for check in result.checks]
     output = _output(result)
     if not any(check.id == CheckId.LOSS20_VALUES for check in result.checks):
-        curves = _curves_md(learner_view(result, ALWAYS_SHOWN).result, picture)
+        shown = learner_view(result, ALWAYS_SHOWN).result
+        curves = _curves_md(shown, _picture_uri(shown) if plot else None)
         output = "\n\n".join(part for part in (output, curves) if part)
     execution = result.execution
     return {

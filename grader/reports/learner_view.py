@@ -7,8 +7,11 @@ items and summary, the top-level text of results.json, the service's comment for
 is drawn from `learner_view(result, reveal).result`: a copy of the grade that holds only
 the checks in `reveal`, their points as its score, and nothing computed from the others.
 "Nothing computed from the others" is the point: the headline, the mistake id, the
-integrity verdict, the loss curves, the failing cells and the graded variable's name all
-depend on particular checks, and each is kept only while those checks are shown. So a
+integrity verdict, the loss curves, the failing cells, the kernel's fate (the status line)
+and the graded variable's name all depend on particular checks, and each is kept only while
+those checks are shown. The shown checks' own messages tell another check's verdict only
+while that one is shown with them: `grader.grading.checks` words them for the rubric's
+visibilities; the secret-seed re-run's check, worded by the pipeline, is reworded here. So a
 learner whose hidden check fails sees exactly what one whose hidden check passes sees, and
 never "all checks passed" above a lower score.
 
@@ -22,6 +25,13 @@ from dataclasses import dataclass
 from grader.models import ALWAYS_SHOWN, CheckId, CheckResult, GradeResult, Reveal
 
 ALL_SHOWN_PASSED = "Every check shown here passed."
+# The secret-seed re-run's check says whether LOSS20 matched for the rubric's seed (it re-runs
+# only then): while loss20.values is held back it gives its verdict and no more.
+RERUN_SAYS = {
+    True: "Re-run with another seed: nothing to flag.",
+    False: "Re-run with another seed: the numbers look typed in or copied rather than "
+    "computed by the notebook.",
+}
 # The order in which a failing check becomes the headline (as grading.checks picks it).
 HEADLINE_ORDER = (CheckId.LOSS20_VALUES, CheckId.LOSS20_PRESENT, CheckId.NOTEBOOK_RUNS)
 
@@ -52,13 +62,20 @@ def _headline(shown: list[CheckResult]) -> str:
     return ALL_SHOWN_PASSED if shown else ""
 
 
+def _reworded(check: CheckResult, held_ids: set[str]) -> CheckResult:
+    """A shown check as a learner may read it while the checks `held_ids` are not shown."""
+    if check.id == CheckId.INTEGRITY_SEED and CheckId.LOSS20_VALUES in held_ids:
+        return check.model_copy(update={"message": RERUN_SAYS[check.passed]})
+    return check
+
+
 def learner_view(result: GradeResult, reveal: Reveal = ALWAYS_SHOWN) -> LearnerView:
     """`result` with the checks whose visibility is not in `reveal` taken out (see above)."""
     held = [c for c in result.checks if c.visibility not in reveal]
     if not held:
         return LearnerView(result)
-    shown = [c for c in result.checks if c.visibility in reveal]
     held_ids = {c.id for c in held}
+    shown = [_reworded(c, held_ids) for c in result.checks if c.visibility in reveal]
 
     def open_(*check_ids: str) -> bool:
         """None of these checks is withheld (shown, or not part of this rubric)."""
@@ -66,9 +83,16 @@ def learner_view(result: GradeResult, reveal: Reveal = ALWAYS_SHOWN) -> LearnerV
 
     not_graded = bool(result.error) and result.diagnosis in ("", result.error)
     mistakes = {c.diagnosis for c in shown if c.diagnosis}
+    # the picture shows the graded list (what it holds) by its name, or "no LOSS20 found"
+    curves = open_(CheckId.LOSS20_VALUES, CheckId.LOSS20_PRESENT)
+    # "timeout"/"crashed" of a graded notebook is the kernel's fate: the runs check's finding
+    status = result.status
+    if not open_(CheckId.NOTEBOOK_RUNS) and not result.error and status in ("timeout", "crashed"):
+        status = "graded"
     redacted = result.model_copy(
         update={
             "checks": shown,
+            "status": status,
             "score": round(sum(c.points for c in shown), 4),
             "max_score": round(sum(c.max_points for c in shown), 4),
             "diagnosis": result.diagnosis if not_graded else _headline(shown),
@@ -79,8 +103,8 @@ def learner_view(result: GradeResult, reveal: Reveal = ALWAYS_SHOWN) -> LearnerV
                 else "not_checked"
             ),
             "answer_name": result.answer_name if open_(CheckId.LOSS20_PRESENT) else None,
-            "learner_curves": result.learner_curves if open_(CheckId.LOSS20_VALUES) else [],
-            "reference_curves": result.reference_curves if open_(CheckId.LOSS20_VALUES) else [],
+            "learner_curves": result.learner_curves if curves else [],
+            "reference_curves": result.reference_curves if curves else [],
             # what the kernel left (variables, figures) is not for learners' views
             "execution": (
                 result.execution.model_copy(update={"variables": {}, "figures": []})

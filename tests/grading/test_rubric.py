@@ -197,6 +197,9 @@ def test_every_check_is_visible_unless_the_rubric_says_otherwise():
         assert rubric.check("loss20.values").visibility == value
     # --integrity's extra check is visible; a rubric may list it to hide it
     assert parse_rubric(MINIMAL).with_integrity().check("integrity.seed").visibility == "visible"
+    # it re-checks LOSS20's numbers: held back with the values check
+    hidden = parse_rubric(MINIMAL + 'visibility = "hidden"\n').with_integrity()
+    assert hidden.check("integrity.seed").visibility == "hidden"
 
 
 @pytest.mark.parametrize(
