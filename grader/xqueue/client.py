@@ -5,12 +5,18 @@ speak it, openedx/xqueue and edx-submissions' XQueue-compatible API: a Django se
 from ``POST /xqueue/login/`` (after a ``GET`` of the same URL, which gives edx-submissions'
 CSRF cookie; its token then goes with every POST), redirects not followed, and a lost session
 (a redirect to the login page, a 401, a 403 that is not an XQueue answer, or return_code 1
-"login_required") answered by logging in again once. Every body read from the server is
-bounded: an answer of the API, and the learner's uploaded file.
+"login_required") answered by logging in again once. Which of the two servers it is (they read
+the answer's score differently) is `server`: given, or told from the answer to that ``GET``.
+
+Every body read from the server is bounded in size and time: an answer of the API, and the
+learner's uploaded file. The session (cookie, CSRF token) goes only to the XQueue server: a
+file elsewhere (a storage bucket's signed URL) is fetched without them, and no download follows
+a redirect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -23,25 +29,42 @@ from grader.errors import GraderError
 from grader.service.capped import TooLarge, read_capped
 from grader.submission import DEFAULT_MAX_BYTES
 from grader.xqueue.contract import (
+    SERVERS,
     ContractError,
     Pulled,
     Reply,
     is_empty_queue,
     parse_reply,
     parse_submission,
+    server_from_login_page,
 )
 
 log = logging.getLogger("grader.xqueue")
 
 MAX_ANSWER_BYTES = 4 * 2**20  # an API answer; a submission's text answer rides in it
+DOWNLOAD_SECONDS = 60.0  # a whole download, however slowly the bytes come
 LOGIN = "/xqueue/login/"
 GET_SUBMISSION = "/xqueue/get_submission/"
 PUT_RESULT = "/xqueue/put_result/"
 CSRF_COOKIES = ("csrftoken", "edx-csrftoken")
+REDIRECTS = (301, 302, 303, 307, 308)
+AUTO = "auto"
+GROUP_HINT = (
+    "on edx-submissions the user must be in the Django group 'xqueue' "
+    "(LMS admin: Authentication and Authorization > Groups)"
+)
 
 
 class XQueueUnavailable(GraderError):
     """The server could not be reached or answered nonsense: try again later."""
+
+
+class ServerError(XQueueUnavailable):
+    """The server answered 5xx; `status` says which."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LoginFailed(GraderError):
@@ -66,37 +89,57 @@ class XQueueClient:
         username: str,
         password: str,
         *,
+        server: str = AUTO,
         timeout: float = 30.0,
         max_file_bytes: int = DEFAULT_MAX_BYTES,
+        download_timeout: float = DOWNLOAD_SECONDS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"the XQueue URL must be http(s)://host[:port], not {base_url!r}")
+        if server != AUTO and server not in SERVERS:
+            raise ValueError(f"the XQueue server is one of {AUTO}, {', '.join(SERVERS)}")
         self.base_url = base_url.rstrip("/")
+        self.origin = _origin(httpx.URL(self.base_url))
         self.username, self.password = username, password
+        # openedx/xqueue or edx-submissions; None until the first login tells (server="auto")
+        self.server: str | None = None if server == AUTO else server
         self.max_file_bytes = max_file_bytes
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            follow_redirects=False,
-            transport=transport,
-            headers={"user-agent": "mbgd-grader-xqueue"},
-        )
+        self.download_timeout = download_timeout
+        self.api_timeout = 2 * timeout  # a whole API call
+        self._csrf: str | None = None  # sent with POSTs only, to the XQueue server only
+        common: dict[str, Any] = {
+            "timeout": httpx.Timeout(timeout, connect=10.0),
+            "follow_redirects": False,
+            "transport": transport,
+            "headers": {"user-agent": "mbgd-grader-xqueue"},
+        }
+        self.http = httpx.AsyncClient(base_url=self.base_url, **common)
+        self.elsewhere = httpx.AsyncClient(**common)  # files on other hosts: no session
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.elsewhere.aclose()
 
     # -- the API ---------------------------------------------------------------------------
 
     async def login(self) -> None:
-        """A fresh session (and CSRF token, where the server has one)."""
+        """A fresh session (and CSRF token, where the server has one); the first one also
+        tells which server this is, unless it was given."""
         self.http.cookies.clear()
-        self.http.headers.pop("x-csrftoken", None)
+        self._csrf = None
         try:
-            await self._send("GET", LOGIN)  # edx-submissions sets its CSRF cookie here
+            # edx-submissions sets its CSRF cookie here; the answer tells the servers apart
+            seen = server_from_login_page(*await self._send("GET", LOGIN))
         except XQueueUnavailable as error:
-            log.debug("login page prefetch failed (older server?): %s", error)
+            if self.server is None:
+                raise XQueueUnavailable(
+                    f"cannot tell which XQueue server this is: {error}"
+                ) from None
+            log.debug("login page prefetch failed: %s", error)
+            seen = None
+        self._settle_server(seen)
         headers = {"referer": self.base_url + LOGIN}
         token = self._csrf_token()
         if token:
@@ -112,10 +155,24 @@ class XQueueClient:
             raise XQueueUnavailable(f"login answered HTTP {status} without an XQueue answer")
         if not reply.ok:
             raise LoginFailed(f"XQueue refused the login as {self.username!r}: {reply.content}")
-        self.http.headers["referer"] = self.base_url + "/"
-        token = self._csrf_token()
-        if token:
-            self.http.headers["x-csrftoken"] = token
+        self._csrf = self._csrf_token()
+
+    def _settle_server(self, seen: str | None) -> None:
+        if self.server is None:
+            if seen is None:
+                raise LoginFailed(
+                    f"cannot tell whether {self.base_url} is openedx/xqueue or edx-submissions "
+                    f"from its answer to GET {LOGIN}: name it (MBGD_XQUEUE_SERVER)"
+                )
+            self.server = seen
+            log.info("the XQueue server at %s is %s", self.base_url, seen)
+        elif seen is not None and seen != self.server:
+            log.warning(
+                "the XQueue server was named %s, but it answers GET %s as %s does",
+                self.server,
+                LOGIN,
+                seen,
+            )
 
     async def get_submission(self, queue: str) -> Pulled | None:
         """The next submission of `queue`, or None when it is empty.
@@ -137,22 +194,53 @@ class XQueueClient:
         )
 
     async def download(self, url: str) -> bytes:
-        """An uploaded file, at most `max_file_bytes`; a relative URL (a Django storage's
-        MEDIA_URL) is on the XQueue server. Raises Download."""
-        target = urljoin(self.base_url + "/", url)
-        if urlsplit(target).scheme not in ("http", "https"):
-            raise Download(f"the file's address is not http(s): {url[:200]!r}", final=True)
+        """An uploaded file, at most `max_file_bytes`, within `download_timeout` seconds in
+        all; a relative URL (a Django storage's MEDIA_URL) is on the XQueue server. Raises
+        Download.
+
+        The session cookie goes only to the XQueue server itself (same scheme, host and
+        port), the CSRF token never (a GET needs none). A redirect is not followed, even to
+        the same host: the storages XQueue uses give a file's own URL, so a redirect is
+        either a misconfiguration or a way to send the worker, and what it carries, to an
+        address nobody chose; refusing costs nothing that works."""
         try:
-            async with self.http.stream("GET", target, follow_redirects=True) as response:
-                if response.status_code >= 500 or response.status_code in (408, 429):
-                    raise Download(f"HTTP {response.status_code}", final=False)
-                if response.status_code != 200:
-                    raise Download(f"HTTP {response.status_code}", final=True)
+            target = httpx.URL(urljoin(self.base_url + "/", url))
+        except (httpx.InvalidURL, ValueError):
+            target = None
+        if target is None or target.scheme not in ("http", "https") or not target.host:
+            raise Download(f"the file's address is not http(s): {url[:200]!r}", final=True)
+        own = _origin(target) == self.origin
+        client = self.http if own else self.elsewhere
+        if not own:
+            client.cookies.clear()  # nothing a storage set for an earlier file goes back
+        try:
+            async with asyncio.timeout(self.download_timeout):
+                return await self._fetch(client, target)
+        except TimeoutError:
+            raise Download(
+                f"the download took longer than {self.download_timeout:g} s", final=False
+            ) from None
+
+    async def _fetch(self, client: httpx.AsyncClient, target: httpx.URL) -> bytes:
+        try:
+            async with client.stream("GET", target) as response:
+                status = response.status_code
+                if status in REDIRECTS:
+                    where = httpx.URL(response.headers.get("location", "")).host or "here"
+                    raise Download(
+                        f"HTTP {status}: the file's address redirects (to {where}), "
+                        "and redirects are not followed",
+                        final=True,
+                    )
+                if status >= 500 or status in (408, 429):
+                    raise Download(f"HTTP {status}", final=False)
+                if status != 200:
+                    raise Download(f"HTTP {status}", final=True)
                 return await read_capped(response, self.max_file_bytes)
         except TooLarge:
             mib = self.max_file_bytes / 2**20
             raise Download(f"the file is larger than {mib:g} MiB", final=True) from None
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
             raise Download(f"{type(error).__name__}: {error}"[:300], final=False) from None
 
     # -- plumbing --------------------------------------------------------------------------
@@ -170,6 +258,13 @@ class XQueueClient:
             status, data = await self._send(method, path, **kwargs)
             reply = _reply_or_none(data)
             if _session_lost(status, reply):
+                if attempt == 2 and status == 403 and isinstance(data, dict):
+                    # DRF's answer to a logged-in user its permission class refuses
+                    detail = str(data.get("detail", ""))[:200]
+                    raise LoginFailed(
+                        f"{path}: HTTP 403 for {self.username!r} after a fresh login "
+                        f"({detail}); {GROUP_HINT}"
+                    )
                 if attempt == 2:
                     raise XQueueUnavailable(f"{path}: still not logged in after a new login")
                 log.info("XQueue session lost (HTTP %d on %s): logging in again", status, path)
@@ -183,22 +278,36 @@ class XQueueClient:
     async def _send(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
     ) -> tuple[int, Any]:
-        """(status, decoded JSON body or None); 5xx and network errors: XQueueUnavailable."""
+        """(status, decoded JSON body or None); 5xx (ServerError), network errors and an
+        answer slower than `api_timeout` in all: XQueueUnavailable."""
+        sent = dict(headers or {})
+        if method == "POST" and self._csrf:
+            sent.setdefault("x-csrftoken", self._csrf)
+            sent.setdefault("referer", self.base_url + "/")
         try:
-            async with self.http.stream(method, path, headers=headers, **kwargs) as response:
-                raw = await read_capped(response, MAX_ANSWER_BYTES)
-                status = response.status_code
+            async with asyncio.timeout(self.api_timeout):
+                async with self.http.stream(method, path, headers=sent, **kwargs) as response:
+                    raw = await read_capped(response, MAX_ANSWER_BYTES)
+                    status = response.status_code
+        except TimeoutError:
+            raise XQueueUnavailable(f"{path}: no answer within {self.api_timeout:g} s") from None
         except TooLarge as error:
             raise XQueueUnavailable(f"{path}: the answer is too large ({error})") from None
         except httpx.HTTPError as error:
             raise XQueueUnavailable(f"{path}: {type(error).__name__}: {error}") from None
         if status >= 500:
-            raise XQueueUnavailable(f"{path}: HTTP {status}")
+            raise ServerError(f"{path}: HTTP {status}", status)
         try:
             data = json.loads(raw) if raw else None
         except (ValueError, RecursionError):
             data = None
         return status, data
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    """Scheme, host and port (the default one when none is written)."""
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme, 0)
+    return url.scheme, url.host.lower(), port
 
 
 def _reply_or_none(data: Any) -> Reply | None:

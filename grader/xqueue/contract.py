@@ -5,7 +5,19 @@ submission's `content` is itself a JSON string holding three JSON strings: `xque
 (``submission_id`` and the pull's ``submission_key``; echoed back verbatim), `xqueue_body`
 (``student_response``, ``grader_payload``, ``student_info``) and `xqueue_files` (file name ->
 URL of the upload). The answer is posted as the form fields `xqueue_header` and `xqueue_body`,
-the latter ``{"correct": bool, "score": points, "msg": html}``.
+the latter ``{"correct": bool, "score": number, "msg": html}``.
+
+The two servers read `score` differently, so the worker must know which one it talks to:
+
+- openedx/xqueue (`XQUEUE`) relays the body to the LMS, whose CodeResponse takes `score` as
+  points, capped at the problem's weight (the input's ``points``, 1 by default);
+- edx-submissions (`EDX_SUBMISSIONS`, the XQueue API Open edX uses now) stores
+  ``round(score * points_possible)`` (4.0.2 and later; points_possible is the problem's
+  weight), so `score` is a fraction 0..1 there. It also replaces the course's
+  grader_payload with ``{"grader": <its "grader" key>}``.
+
+They answer ``GET /xqueue/login/`` differently, which tells them apart
+(`server_from_login_page`).
 
 What the server sends is not trusted: anything that does not have this shape is a
 `ContractError` naming the part, never a ``KeyError`` deep in the worker.
@@ -22,6 +34,9 @@ from typing import Any
 from grader.errors import Refused
 
 MAX_POINTS = 1_000_000.0  # a problem's weight from grader_payload: bounded, positive
+XQUEUE = "xqueue"
+EDX_SUBMISSIONS = "edx-submissions"
+SERVERS = (XQUEUE, EDX_SUBMISSIONS)
 
 
 class ContractError(Refused):
@@ -96,6 +111,26 @@ def is_empty_queue(reply: Reply) -> bool:
     return not reply.ok and isinstance(reply.content, str) and reply.content.endswith("is empty")
 
 
+def server_from_login_page(status: int, data: Any) -> str | None:
+    """Which server answered ``GET /xqueue/login/`` (decoded JSON `data`), or None.
+
+    openedx/xqueue's log_in view answers a GET with return_code 1 "login_required";
+    edx-submissions' XQueueViewSet answers it with return_code 0 (and its CSRF cookie), or,
+    before it took GETs (4.0.0), with DRF's 405 ``{"detail": ...}``."""
+    try:
+        reply = parse_reply(data)
+    except ContractError:
+        reply = None
+    if status == 200 and reply is not None:
+        if not reply.ok and reply.content == "login_required":
+            return XQUEUE
+        if reply.ok:
+            return EDX_SUBMISSIONS
+    if status == 405 and isinstance(data, dict) and "detail" in data:
+        return EDX_SUBMISSIONS
+    return None
+
+
 def _json_text(value: Any, what: str) -> Any:
     if not isinstance(value, str):
         raise ContractError(f"{what} is not a JSON string")
@@ -160,7 +195,11 @@ def payload_points(payload: Any) -> float | None:
 
 
 def score_body(*, correct: bool, score: float, msg: str) -> str:
-    """The xqueue_body of put_result: points (not a fraction), and the message to show."""
+    """The xqueue_body of put_result: the score as the server reads it (points for
+    openedx/xqueue, a fraction for edx-submissions: see the module's doc), and the message.
+    A whole number goes as an integer (edx-submissions before 4.0.2 refused ``10.0``)."""
     if not math.isfinite(score) or score < 0:
         score = 0.0
-    return json.dumps({"correct": bool(correct), "score": round(score, 4), "msg": msg})
+    rounded = round(score, 4)
+    number: float | int = int(rounded) if rounded.is_integer() else rounded
+    return json.dumps({"correct": bool(correct), "score": number, "msg": msg})

@@ -1,19 +1,22 @@
 """What the worker pulled and has not answered yet, on disk (SQLite), so a crash loses nothing.
 
-XQueue hands a pulled submission out again only after minutes (five in edx-submissions,
-SUBMISSION_PROCESSING_DELAY in openedx/xqueue), and then under a new key. So a worker that is
-killed mid-grading must remember what it held: every pull is written here before anything
-else happens to it, the downloaded file before grading, the answer (the exact put_result
-body) before it is posted. On start the worker grades what has no answer and posts what was
-not taken, so a restart posts the same answer, or the first one.
+XQueue hands a pulled submission out again only after minutes (SUBMISSION_PROCESSING_DELAY
+in openedx/xqueue, under a new key; five in edx-submissions, under the same key, and then at
+every poll until it is answered). So a worker that is killed mid-grading must remember what
+it held: every pull is written here before anything else happens to it, the downloaded file
+before grading, the answer (the exact put_result body) before it is posted. On start the
+worker grades what has no answer and posts what was not taken, so a restart posts the same
+answer, or the first one.
 
-A row is keyed by XQueue's submission id. A submission handed out again (a new key) updates
-its header and keeps its file and answer: the score stays the same.
+A row is keyed by XQueue's submission id. A submission handed out again under a new key
+updates its header and keeps its file and answer: the score stays the same. Handed out
+again with the same header, nothing changes (`Pull.SAME`): it is what the worker holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sqlite3
@@ -36,7 +39,7 @@ CREATE TABLE IF NOT EXISTS pulled (
     grade_attempts INTEGER NOT NULL DEFAULT 0,
     answer TEXT,                     -- the put_result xqueue_body, once graded
     graded_at REAL,
-    score REAL,                      -- the points in `answer`, for the logs
+    score REAL,                      -- the points the answer gives, for the logs
     send_attempts INTEGER NOT NULL DEFAULT 0,
     next_send REAL,
     answered_at REAL,                -- taken by the server (or given up: see outcome)
@@ -45,6 +48,14 @@ CREATE TABLE IF NOT EXISTS pulled (
 CREATE INDEX IF NOT EXISTS pulled_open ON pulled (answered_at, answer);
 """
 KEEP_ANSWERED_SECONDS = 7 * 24 * 3600
+
+
+class Pull(enum.Enum):
+    """What a pull was to the journal."""
+
+    NEW = "new"  # never seen: grade it
+    AGAIN = "again"  # seen, handed out again under a new key: the header is the new one
+    SAME = "same"  # seen with this very header (edx-submissions re-hands the same key)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class Entry:
     grade_attempts: int
     answer: str | None
     send_attempts: int
+    answered: bool = False  # taken by the server (or ended: see outcome)
+    outcome: str | None = None  # "taken", "refused: ...", the last failure, ...
 
     def pulled(self) -> Pulled:
         return Pulled(self.header, self.submission_id, self.body, parse_files(self.files))
@@ -98,13 +111,14 @@ class Journal:
 
     # -- pulls and grading -----------------------------------------------------------------
 
-    def record_pull(self, pulled: Pulled) -> bool:
-        """Journal a pull; True when it needs grading, False when its answer is known already
-        (a submission handed out again: the answer is posted again, with the new header)."""
+    def record_pull(self, pulled: Pulled) -> Pull:
+        """Journal a pull. NEW: grade it. AGAIN (a new key): the header is replaced, and a
+        known answer is posted again with it. SAME (the header the row has): nothing changes;
+        the worker already holds this pull (grading it, posting its answer, or done)."""
         now = time.time()
         with self.db:
             row = self.db.execute(
-                "SELECT answer FROM pulled WHERE submission_id = ?", (pulled.submission_id,)
+                "SELECT header FROM pulled WHERE submission_id = ?", (pulled.submission_id,)
             ).fetchone()
             if row is None:
                 self.db.execute(
@@ -118,13 +132,15 @@ class Journal:
                         now,
                     ),
                 )
-                return True
+                return Pull.NEW
+            if row["header"] == pulled.header:
+                return Pull.SAME
             self.db.execute(
                 "UPDATE pulled SET header = ?, pulled_at = ?, answered_at = NULL, outcome = NULL, "
                 "send_attempts = 0, next_send = ? WHERE submission_id = ?",
                 (pulled.header, now, now, pulled.submission_id),
             )
-            return row["answer"] is None
+            return Pull.AGAIN
 
     def get(self, submission_id: str) -> Entry:
         row = self.db.execute(
@@ -142,6 +158,8 @@ class Journal:
             grade_attempts=row["grade_attempts"],
             answer=row["answer"],
             send_attempts=row["send_attempts"],
+            answered=row["answered_at"] is not None,
+            outcome=row["outcome"],
         )
 
     def ungraded(self) -> list[str]:
@@ -217,6 +235,15 @@ class Journal:
             self.db.execute(
                 "UPDATE pulled SET answered_at = ?, outcome = ? WHERE submission_id = ?",
                 (time.time(), outcome, submission_id),
+            )
+
+    def resend(self, submission_id: str) -> None:
+        """An ended answer goes again, now (its end was a presumption the server disproved)."""
+        with self.db:
+            self.db.execute(
+                "UPDATE pulled SET answered_at = NULL, outcome = NULL, send_attempts = 0, "
+                "next_send = ? WHERE submission_id = ? AND answer IS NOT NULL",
+                (time.time(), submission_id),
             )
 
     def retry_send(self, submission_id: str, delay: float, why: str) -> int:

@@ -8,6 +8,15 @@ the server did not take, with backoff; the server's final refusals ("Incorrect k
 submission was handed out again since) end a row. On start, journaled work comes first.
 SIGTERM or SIGINT stops pulling, gives running gradings a grace period, posts what is ready
 and exits; whatever was not finished is in the journal for the next start.
+
+edx-submissions hands a submission it has no answer for out again five minutes after its pull,
+with the same key, and then at every poll: such a pull is what the worker already holds, so it
+is neither graded again nor a reason to poll at once (the pull loop backs off as if the queue
+were empty). And it answers an answer for a submission it has already retired (recorded: the
+reply to an earlier post was lost, or another worker answered it) with HTTP 500, for ever: two
+500s in a row end the row as "presumed taken"; should the server hand the submission out again
+with that key, the presumption was wrong (it hands out only what it has not recorded), and the
+answer goes again.
 """
 
 from __future__ import annotations
@@ -15,19 +24,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grader.models import GradeResult, not_graded
-from grader.xqueue.client import Download, LoginFailed, XQueueClient, XQueueUnavailable
-from grader.xqueue.contract import ContractError, Pulled, score_body
+from grader.xqueue.client import (
+    AUTO,
+    Download,
+    LoginFailed,
+    ServerError,
+    XQueueClient,
+    XQueueUnavailable,
+)
+from grader.xqueue.contract import EDX_SUBMISSIONS, XQUEUE, ContractError, Pulled, score_body
 from grader.xqueue.feedback import message_html
-from grader.xqueue.journal import Entry, Journal
+from grader.xqueue.journal import Entry, Journal, Pull
 
 if TYPE_CHECKING:
     from grader.pipeline import GradeOptions
@@ -43,6 +60,9 @@ LOGIN_BACKOFF = (1.0, 60.0)
 SEND_ON_STOP_SECONDS = 15.0  # a stop's last round of posting answers
 # put_result answers after which posting the same answer again cannot help.
 FINAL_REFUSALS = ("Incorrect key for submission", "Submission does not exist")
+# edx-submissions' HTTP 500 to an answer for a submission it has already retired
+RETIRED_500 = "HTTP 500 (edx-submissions: already retired?)"
+PRESUMED_TAKEN = "presumed taken"
 
 
 class Backoff:
@@ -66,11 +86,20 @@ def send_delay(attempts: int) -> float:
     return min(cap, first * 2 ** max(0, attempts - 1))
 
 
-def answer_for(result: GradeResult, points: float | None) -> tuple[str, float]:
-    """(put_result xqueue_body, score in points): the rubric's points, or scaled to the
-    problem's weight when the grader_payload names one. `correct` is full marks."""
-    scale = points / result.max_score if points and result.max_score > 0 else 1.0
+def answer_for(result: GradeResult, points: float | None, server: str) -> tuple[str, float]:
+    """(put_result xqueue_body, the points it gives, for the logs). `correct` is full marks.
+
+    openedx/xqueue: `score` is points, the rubric's, or scaled to the problem's weight when
+    the grader_payload names one (``{"points": N}``). edx-submissions: `score` is the
+    fraction of the rubric's points, which it multiplies by the problem's weight itself (it
+    replaces the grader_payload, so no weight arrives from the course); the message shows the
+    rubric's points."""
     correct = result.status == "graded" and 0 < result.max_score <= result.score
+    if server == EDX_SUBMISSIONS:
+        fraction = result.score / result.max_score if result.max_score > 0 else 0.0
+        fraction = min(1.0, max(0.0, fraction))
+        return score_body(correct=correct, score=fraction, msg=message_html(result)), result.score
+    scale = points / result.max_score if points and result.max_score > 0 else 1.0
     score = result.score * scale
     return score_body(correct=correct, score=score, msg=message_html(result, scale=scale)), score
 
@@ -80,6 +109,11 @@ def choose_file(files: dict[str, str]) -> tuple[str, str] | None:
     notebooks = [(n, u) for n, u in files.items() if n.lower().endswith(".ipynb")]
     candidates = notebooks or list(files.items())
     return candidates[0] if candidates else None
+
+
+def server_setting() -> str:
+    """MBGD_XQUEUE_SERVER: xqueue, edx-submissions, or auto (told at the first login)."""
+    return os.environ.get("MBGD_XQUEUE_SERVER", "").strip().lower() or AUTO
 
 
 @dataclass
@@ -94,6 +128,7 @@ class Settings:
     options: GradeOptions
     poll_max: float = 10.0  # longest pause between two polls of an empty queue
     grace: float = 20.0  # how long a stop waits for running gradings
+    server: str = field(default_factory=server_setting)  # "xqueue", "edx-submissions", "auto"
 
 
 class XQueueWorker:
@@ -157,22 +192,45 @@ class XQueueWorker:
                 log.warning("cannot pull from XQueue: %s", error)
                 await _wait(stop, None, idle.next())
                 continue
-            if pulled is None:
-                await _wait(stop, None, idle.next())
+            if pulled is None or not self._take(pulled):
+                await _wait(stop, None, idle.next())  # nothing new: back off
                 continue
             idle.reset()
-            self._take(pulled)
 
-    def _take(self, pulled: Pulled) -> None:
-        """Journal a pull first; then grade it, or post its known answer again."""
-        needs_grading = self.journal.record_pull(pulled)
+    def _take(self, pulled: Pulled) -> bool:
+        """Journal a pull first; then grade it, or post its known answer again. False: the
+        pull was one the worker holds already (nothing new)."""
+        sid = pulled.submission_id
+        kind = self.journal.record_pull(pulled)
+        if kind is Pull.SAME:
+            self._held_again(sid)
+            return False
         who = f" (learner {pulled.learner})" if pulled.learner else ""
-        log.info("pulled submission %s%s", pulled.submission_id, who)
-        if not needs_grading:
-            log.info("submission %s was answered before: posting that answer", pulled.submission_id)
+        log.info("pulled submission %s%s", sid, who)
+        if kind is Pull.AGAIN and self.journal.get(sid).answer is not None:
+            log.info("submission %s was answered before: posting that answer", sid)
             self.wake_sender.set()
-        elif pulled.submission_id not in self.active:
-            self._start(pulled.submission_id)
+        elif sid not in self.active and sid not in self.todo:
+            self._start(sid)
+        return True
+
+    def _held_again(self, sid: str) -> None:
+        """The same pull handed out again (edx-submissions, 5 minutes after it and at every
+        poll until the answer is recorded): not graded twice, not posted twice."""
+        entry = self.journal.get(sid)
+        if entry.answer is None:
+            if sid not in self.active and sid not in self.todo:
+                self._start(sid)  # held, yet not being graded (cannot happen; harmless)
+            why = "still being graded"
+        elif entry.answered and (entry.outcome or "").startswith(PRESUMED_TAKEN):
+            self.journal.resend(sid)  # it would not be handed out if it had been recorded
+            self.wake_sender.set()
+            why = "its answer was not recorded after all: posting it again"
+        elif entry.answered:
+            why = "its answer was taken"
+        else:
+            why = "its answer is being posted"
+        log.info("submission %s handed out again with the same key (%s)", sid, why)
 
     def _start(self, submission_id: str) -> None:
         if submission_id in self.active:
@@ -258,7 +316,7 @@ class XQueueWorker:
             log.exception("grading %s failed for the last time", name)
             why = f"the grader failed: {type(error).__name__}: {error}"
             result = self._not_graded(name, why, "crashed")
-        body, score = answer_for(result, pulled.points)
+        body, score = answer_for(result, pulled.points, self.client.server or XQUEUE)
         self.journal.record_answer(submission_id, body, score)
         log.info("graded %s: %s, %g points", name, result.status, score)
         self.wake_sender.set()
@@ -328,6 +386,16 @@ class XQueueWorker:
         sid = entry.submission_id
         try:
             reply = await self.client.put_result(entry.header, entry.answer)
+        except ServerError as error:
+            if error.status != 500 or self.client.server != EDX_SUBMISSIONS:
+                self._retry(entry, str(error))
+            elif entry.outcome == RETIRED_500:
+                outcome = f"{PRESUMED_TAKEN}: two HTTP 500s, edx-submissions' answer when it"
+                self.journal.sent(sid, f"{outcome} has recorded an answer already")
+                log.warning("answer for %s: %s has recorded an answer already", sid, outcome)
+            else:
+                self._retry(entry, RETIRED_500)
+            return
         except (XQueueUnavailable, LoginFailed) as error:
             self._retry(entry, str(error))
             return
@@ -386,7 +454,9 @@ def run(settings: Settings) -> None:
 
 
 async def _main(settings: Settings, journal: Journal) -> None:
-    client = XQueueClient(settings.url, settings.username, settings.password)
+    client = XQueueClient(
+        settings.url, settings.username, settings.password, server=settings.server
+    )
     worker = XQueueWorker(
         client,
         journal,

@@ -4,12 +4,24 @@ The fake XQueue is written here from the published contract (openedx/xqueue's
 submission_queue views and edx-submissions' XQueueViewSet): a Django-style session cookie
 from POST /xqueue/login/, get_submission handing out one queued submission with a fresh
 pull key, put_result checking header and key and recording the answer, uploads served
-under /files/. It can play either server: openedx/xqueue (a lost session is a 302 to the
-login page) or edx-submissions (a 403 without an XQueue answer; POSTs need the CSRF token
-its GET /xqueue/login/ hands out), expire every session, and refuse answers with 503.
+under /files/. It can play either server, as their code does:
 
-The client tests need no kernel; the worker tests (slow) grade real notebooks in a real
-`mbgd-grader xqueue` process, kill it with SIGKILL mid-grading, and restart it.
+- openedx/xqueue ("xqueue"): a lost session is a 302 to the login page; the answer's score
+  is points, which the LMS caps at the problem's weight; grader_payload is the course's.
+- edx-submissions ("submissions", 4.0.2 and later): a lost session is a 403 without an
+  XQueue answer, and so is a user outside the Django group "xqueue"; POSTs need the CSRF
+  token its GET /xqueue/login/ hands out; grader_payload is replaced by {"grader": ...};
+  the score is a 0..1 fraction it multiplies by the problem's points_possible (rounded);
+  a pulled submission not answered within `rehand_after` (5 minutes there) is handed out
+  again with the same key at every poll; an answer for a submission it already retired is
+  an HTTP 500 (its status cannot move from "retired").
+
+It can also expire every session, refuse answers with 503, and record an answer without
+sending the reply (a reply lost on the way).
+
+The client tests and the worker tests with a stub grader need no kernel; the slow ones grade
+real notebooks in a real `mbgd-grader xqueue` process, kill it with SIGKILL mid-grading, and
+restart it.
 """
 
 from __future__ import annotations
@@ -38,7 +50,11 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
-from grader.xqueue.client import Download, XQueueClient
+from grader.models import GradeResult
+from grader.pipeline import GradeOptions
+from grader.xqueue.client import Download, LoginFailed, XQueueClient
+from grader.xqueue.journal import Journal
+from grader.xqueue.worker import XQueueWorker
 from tests.helpers import MANIFEST, SECRET_HUNTER, SUBMISSIONS, kill_tree, quick_notebook
 
 USER, PASSWORD, QUEUE = "mbgd-grader", "s3cret-" + secrets.token_hex(4), "mbgd-lab"
@@ -53,7 +69,8 @@ class Put:
     submission_id: str
     key: str
     raw_body: str
-    status: int  # what the fake answered: 200 taken, 503 refused, 200/403 with return_code 1
+    status: int  # what the fake answered: 200 taken, 503 refused, 200/403 with return_code 1,
+    # 500 already retired (edx-submissions)
 
     @property
     def body(self) -> dict[str, Any]:
@@ -71,6 +88,9 @@ class Queued:
     body: dict[str, Any]
     handed_out: int = 0
     key: str = ""
+    points_possible: int = 1  # the problem's weight (the LMS's block.max_score())
+    pulled_at: float = 0.0
+    retired: bool = False
 
 
 @dataclass
@@ -85,6 +105,12 @@ class FakeXQueue:
     sessions: set[str] = field(default_factory=set)
     refuse: dict[str, int] = field(default_factory=dict)  # submission id -> 503s left
     expire_after_first_put: bool = False
+    rehand_after: float = 300.0  # edx-submissions: pulled, unanswered -> handed out again
+    in_group: bool = True  # edx-submissions: the user is in the Django group "xqueue"
+    lose_reply: set[str] = field(default_factory=set)  # answers recorded, no reply sent
+    scores: dict[str, tuple[float, int]] = field(default_factory=dict)  # what the LMS stores
+    file_requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    routes: dict[str, Any] = field(default_factory=dict)  # path -> handler(request handler)
     logins: int = 0
     polls: int = 0
 
@@ -100,7 +126,14 @@ class FakeXQueue:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, sid: str, files: dict[str, bytes | None], payload: Any = "") -> None:
+    def add(
+        self,
+        sid: str,
+        files: dict[str, bytes | None],
+        payload: Any = "",
+        *,
+        points_possible: int = 1,
+    ) -> None:
         """Queue a submission; a file given as None has a URL that answers 404."""
         urls = {}
         for name, data in files.items():
@@ -108,14 +141,22 @@ class FakeXQueue:
             if data is not None:
                 self.files[path] = data
             urls[name] = path if sid.endswith("r") else self.url + path  # relative, absolute
-        info = {"anonymous_student_id": f"anon-{sid}", "submission_time": "20261130150000"}
+        info: dict[str, Any] = {"anonymous_student_id": f"anon-{sid}"}
+        if self.style == "submissions":
+            # The LMS keeps only the payload's "grader"; edx-submissions sends that alone.
+            course = json.loads(payload) if isinstance(payload, str) and payload else payload
+            grader = course.get("grader", "") if isinstance(course, dict) else ""
+            payload = {"grader": grader}
+            info.update(submission_time=str(int(time.time())), random_seed=1)
+        else:
+            info["submission_time"] = "20261130150000"
         body = {
             "student_response": "",
             "grader_payload": payload if isinstance(payload, str) else json.dumps(payload),
             "student_info": json.dumps(info),
         }
         with self.cond:
-            self.waiting.append(Queued(sid, urls, body))
+            self.waiting.append(Queued(sid, urls, body, points_possible=points_possible))
 
     def expire_sessions(self) -> None:
         with self.cond:
@@ -148,11 +189,23 @@ class FakeXQueue:
             self.polls += 1
             if queue != QUEUE:
                 return self.reply(False, f"Queue '{queue}' not found")
-            if not self.waiting:
+            now = time.monotonic()
+            late = [
+                q
+                for q in self.handed.values()
+                if self.style == "submissions"
+                and not q.retired
+                and now - q.pulled_at > self.rehand_after
+            ]
+            if late:  # status "pulled" too long: out again, same key, status_time unchanged
+                item = min(late, key=lambda q: q.pulled_at)
+            elif not self.waiting:
                 return self.reply(False, f"Queue '{queue}' is empty")
-            item = self.waiting.pop(0)
+            else:
+                item = self.waiting.pop(0)
+                item.key = secrets.token_hex(16)
+                item.pulled_at = now
             item.handed_out += 1
-            item.key = secrets.token_hex(16)
             self.handed[item.submission_id] = item
         header = {"submission_id": int(item.submission_id.rstrip("r")), "submission_key": item.key}
         content = {
@@ -162,7 +215,8 @@ class FakeXQueue:
         }
         return self.reply(True, json.dumps(content))
 
-    def put_result(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def put_result(self, form: dict[str, str]) -> tuple[int, dict[str, Any] | None]:
+        """(HTTP status, the XQueue answer); None: an HTML error page (0: no reply at all)."""
         header = json.loads(form["xqueue_header"])
         body = json.loads(form["xqueue_body"])  # the LMS's _parse_score_msg: a JSON object
         assert set(body) == {"correct", "score", "msg"}, body
@@ -181,11 +235,26 @@ class FakeXQueue:
                 self.puts.append(Put(sid, "stale", form["xqueue_body"], 403))
                 self.cond.notify_all()
                 return 403, self.reply(False, "Incorrect key for submission")
+            if item.retired and self.style == "submissions":
+                # set_score, then update_status("retired") from "retired": ValueError, and
+                # update_status("retry") in its handler raises again: Django's 500 page.
+                self.puts.append(Put(sid, "retired", form["xqueue_body"], 500))
+                self.cond.notify_all()
+                return 500, None
             self.puts.append(Put(sid, item.key, form["xqueue_body"], 200))
+            score, possible = float(body["score"]), item.points_possible
+            if self.style == "submissions":  # 4.0.2: round(score * points_possible)
+                self.scores[sid] = (round(score * possible), possible)
+            else:  # the LMS's CodeResponse: points, capped at the problem's weight
+                self.scores[sid] = (max(0.0, min(score, possible)), possible)
+            item.retired = True
             if self.expire_after_first_put:
                 self.expire_after_first_put = False
                 self.sessions.clear()
             self.cond.notify_all()
+            if sid in self.lose_reply:
+                self.lose_reply.discard(sid)
+                return 0, None
         return 200, self.reply(True, "")
 
 
@@ -212,6 +281,13 @@ def _handler(fake: FakeXQueue) -> type[BaseHTTPRequestHandler]:
             with fake.cond:
                 return self._cookies().get("sessionid") in fake.sessions
 
+        def _not_in_group(self) -> bool:
+            """edx-submissions' IsXQueueUser: a DRF 403 for a user outside group "xqueue"."""
+            if fake.style != "submissions" or fake.in_group:
+                return False
+            self._send(403, {"detail": "You do not have permission to perform this action."})
+            return True
+
         def _refuse_login(self) -> None:
             if fake.style == "xqueue":  # django's login_required
                 self.send_response(302)
@@ -232,9 +308,17 @@ def _handler(fake: FakeXQueue) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/xqueue/get_submission/":
                 if not self._logged_in():
                     return self._refuse_login()
+                if self._not_in_group():
+                    return None
                 queue = parse_qs(url.query).get("queue_name", [""])[0]
                 self._send(200, fake.get_submission(queue))
-            elif path in fake.files:
+            elif path in fake.routes or path in fake.files:
+                with fake.cond:
+                    fake.file_requests.append(
+                        (path, {k.lower(): v for k, v in self.headers.items()})
+                    )
+                if path in fake.routes:
+                    return fake.routes[path](self)
                 data = fake.files[path]
                 self.send_response(200)
                 if len(data) < MAX_FILE:  # the big one comes without a length
@@ -257,7 +341,8 @@ def _handler(fake: FakeXQueue) -> type[BaseHTTPRequestHandler]:
                         fake.sessions.add(session)
                         fake.logins += 1
                     return self._send(200, fake.reply(True, "Logged in"), {"sessionid": session})
-                return self._send(200, fake.reply(False, "Incorrect login credentials"))
+                status = 401 if fake.style == "submissions" else 200
+                return self._send(status, fake.reply(False, "Incorrect login credentials"))
             if self.path != "/xqueue/put_result/":
                 return self._send(404, {"detail": "Not found."})
             if not self._logged_in():
@@ -266,8 +351,20 @@ def _handler(fake: FakeXQueue) -> type[BaseHTTPRequestHandler]:
                 token = self._cookies().get("csrftoken")
                 if not token or self.headers.get("x-csrftoken") != token:
                     return self._send(403, {"detail": "CSRF Failed: CSRF token missing."})
+            if self._not_in_group():
+                return None
             status, data = fake.put_result(form)
-            self._send(status, data)
+            if status == 0:  # recorded, and the reply is lost on the way
+                self.close_connection = True
+            elif data is None:
+                page = b"<h1>Server Error (500)</h1>"
+                self.send_response(status)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+            else:
+                self._send(status, data)
 
     return Handler
 
@@ -291,9 +388,14 @@ def test_client_pulls_downloads_and_answers_and_logs_in_again(fake: FakeXQueue) 
         client = XQueueClient(fake.url, USER, PASSWORD)
         try:
             await client.login()
+            assert (
+                client.server == {"xqueue": "xqueue", "submissions": "edx-submissions"}[fake.style]
+            )  # told from the answer to GET /xqueue/login/
             first = await client.get_submission(QUEUE)
             assert first is not None and first.submission_id == "7"
-            assert first.points == 3 and first.learner == "anon-7"
+            assert first.learner == "anon-7"
+            # edx-submissions replaces the course's grader_payload with {"grader": ...}
+            assert first.points == (3 if fake.style == "xqueue" else None)
             assert list(first.files) == ["notes.txt", "lab.ipynb"]
             assert await client.download(first.files["lab.ipynb"]) == notebook
             fake.expire_sessions()  # the session is gone: the client logs in again by itself
@@ -343,8 +445,6 @@ def test_client_bounds_downloads_and_names_what_failed(fake: FakeXQueue) -> None
 
 
 def test_wrong_password_is_a_clear_login_failure(fake: FakeXQueue) -> None:
-    from grader.xqueue.client import LoginFailed
-
     async def scenario() -> None:
         client = XQueueClient(fake.url, USER, "wrong")
         try:
@@ -354,6 +454,206 @@ def test_wrong_password_is_a_clear_login_failure(fake: FakeXQueue) -> None:
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_user_outside_the_xqueue_group_is_told_so() -> None:
+    """edx-submissions lets any user log in, then answers 403 to one outside group "xqueue"."""
+    fake = FakeXQueue(style="submissions", in_group=False)
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        try:
+            await client.login()
+            with pytest.raises(LoginFailed, match="group 'xqueue'"):
+                await client.get_submission(QUEUE)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        fake.close()
+
+
+def test_downloads_carry_the_session_to_the_xqueue_server_only_and_follow_no_redirect(
+    fake: FakeXQueue,
+) -> None:
+    other = FakeXQueue(style=fake.style)  # another host: a storage, or anywhere a URL points
+    other.files["/files/x/b.ipynb"] = b"B"
+    fake.add("11", {"a.ipynb": b"A"})
+
+    def moved(handler: Any) -> None:
+        handler.send_response(302)
+        handler.send_header("location", other.url + "/files/x/b.ipynb")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    fake.routes["/files/11/moved.ipynb"] = moved
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        try:
+            await client.login()
+            pulled = await client.get_submission(QUEUE)
+            assert pulled is not None
+            assert await client.download(pulled.files["a.ipynb"]) == b"A"
+            assert await client.download(other.url + "/files/x/b.ipynb") == b"B"
+            with pytest.raises(Download, match="redirect") as redirected:
+                await client.download(fake.url + "/files/11/moved.ipynb")
+            assert redirected.value.final
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(scenario())
+        (own, _) = fake.file_requests
+        assert own[0] == "/files/11/a.ipynb"
+        assert "sessionid=" in own[1].get("cookie", "")  # its own files: the session goes
+        assert "x-csrftoken" not in own[1]  # a GET needs no CSRF token
+        (elsewhere,) = other.file_requests  # once: the redirect to it was not followed
+        assert "cookie" not in elsewhere[1] and "x-csrftoken" not in elsewhere[1]
+        assert "referer" not in elsewhere[1]
+    finally:
+        other.close()
+
+
+def test_a_download_has_a_total_deadline_not_only_a_size_cap(fake: FakeXQueue) -> None:
+    """A server that sends a byte now and then never trips a read timeout."""
+
+    def drip(handler: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("content-length", "60")
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(60):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.1)
+        handler.close_connection = True
+
+    fake.routes["/files/drip.ipynb"] = drip
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        client.download_timeout = 1.0
+        try:
+            started = time.monotonic()
+            with pytest.raises(Download, match="took longer than 1 s") as slow:
+                await client.download("/files/drip.ipynb")
+            assert time.monotonic() - started < 3
+            assert not slow.value.final  # a slow network may be quicker next time
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+# -- the worker against the fake with a stub grader (no kernels) -----------------------------------
+
+
+class StubGrader:
+    """Grades without a kernel: the points per submission name, after `seconds`."""
+
+    mode = "stub"
+
+    def __init__(self, points: dict[str, float], seconds: float = 0.0) -> None:
+        self.points, self.seconds = points, seconds
+        self.calls: list[str] = []
+
+    def fingerprint(self) -> str:
+        return "stub"
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def grade(self, notebook: bytes, name: str, key: str = "") -> GradeResult:
+        self.calls.append(name)
+        await asyncio.sleep(self.seconds)
+        return GradeResult(submission=name, status="graded", score=self.points[name], max_score=10)
+
+
+def drive(fake: FakeXQueue, state: Path, grader: StubGrader, until: Any, timeout: float) -> None:
+    """Run the worker in this process until `until()` holds (or `timeout`), then stop it."""
+
+    async def scenario() -> None:
+        client = XQueueClient(fake.url, USER, PASSWORD)
+        journal = Journal(state)
+        worker = XQueueWorker(
+            client, journal, grader, GradeOptions(), queue=QUEUE, jobs=2, poll_max=0.5, grace=1
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while not until() and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            await client.close()
+            journal.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("style", ["xqueue", "submissions"])
+def test_full_marks_are_stored_as_full_marks_on_either_server(style: str, tmp_path: Path) -> None:
+    """Classic XQueue's LMS reads points; edx-submissions multiplies a 0..1 fraction by the
+    problem's points_possible: 10/10 must not become 100/10 there."""
+    fake = FakeXQueue(style=style)
+    fake.add("401", {"lab.ipynb": b"{}"}, points_possible=10)
+    fake.add("402", {"lab.ipynb": b"{}"}, points_possible=10)
+    grader = StubGrader({"xqueue-401": 10, "xqueue-402": 7})
+    try:
+        drive(fake, tmp_path, grader, lambda: fake.taken("401") and fake.taken("402"), 20)
+        assert fake.scores == {"401": (10, 10), "402": (7, 10)}
+    finally:
+        fake.close()
+
+
+def test_a_submission_handed_out_again_with_the_same_key_is_graded_once_without_spinning(
+    tmp_path: Path,
+) -> None:
+    """edx-submissions hands a pulled, unanswered submission out again after 5 minutes, with
+    the same key, at every poll until it is answered."""
+    fake = FakeXQueue(style="submissions", rehand_after=0.2)
+    fake.add("301", {"lab.ipynb": b"{}"}, points_possible=10)
+    grader = StubGrader({"xqueue-301": 10}, seconds=2.0)
+    try:
+        drive(fake, tmp_path, grader, lambda: fake.taken("301"), 20)
+        assert grader.calls == ["xqueue-301"]
+        assert fake.handed["301"].handed_out >= 2  # it did come back while being graded
+        assert fake.polls < 40, fake.polls  # backed off: not a poll per millisecond
+        assert [p.status for p in fake.attempts("301")] == [200]
+        assert fake.scores["301"] == (10, 10)
+    finally:
+        fake.close()
+
+
+def test_an_answer_the_server_already_retired_is_done_not_posted_forever(tmp_path: Path) -> None:
+    """The reply to an answer edx-submissions recorded is lost: posting it again is answered
+    HTTP 500 (the submission is retired) for ever; the worker ends the row instead."""
+    fake = FakeXQueue(style="submissions")
+    fake.add("302", {"lab.ipynb": b"{}"}, points_possible=10)
+    fake.lose_reply.add("302")
+    grader = StubGrader({"xqueue-302": 7})
+
+    def done() -> bool:
+        rows = journal_rows(tmp_path) if (tmp_path / "journal.sqlite3").exists() else {}
+        return "302" in rows and rows["302"]["answered_at"] is not None
+
+    try:
+        drive(fake, tmp_path, grader, done, 20)
+        row = journal_rows(tmp_path)["302"]
+        assert row["answered_at"] is not None, row["outcome"]
+        assert row["outcome"].startswith("presumed taken"), row["outcome"]
+        assert [p.status for p in fake.attempts("302")] == [200, 500, 500]
+        assert fake.scores["302"] == (7, 10)
+    finally:
+        fake.close()
 
 
 # -- the worker, end to end (kernels) ------------------------------------------------------------
@@ -431,9 +731,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     work = tmp_path_factory.mktemp("xqueue")
     state, log = work / "state", work / "worker.log"
     fake = FakeXQueue(style="submissions", expire_after_first_put=True)
-    fake.add("101", {"lab.ipynb": (SUBMISSIONS / "correct/loss20.ipynb").read_bytes()})
+    correct = (SUBMISSIONS / "correct/loss20.ipynb").read_bytes()
+    fake.add("101", {"lab.ipynb": correct}, points_possible=10)
     stale = (SUBMISSIONS / "mistakes/stale_loader.ipynb").read_bytes()
-    fake.add("102r", {"readme.txt": b"hi", "my lab.ipynb": stale}, {"points": 5})
+    # A problem worth 5: the course's {"points": 5} never arrives (edx-submissions replaces
+    # grader_payload); the fraction sent is multiplied by the problem's 5 there.
+    files: dict[str, bytes | None] = {"readme.txt": b"hi", "my lab.ipynb": stale}
+    fake.add("102r", files, {"points": 5}, points_possible=5)
     fake.add("103", {"essay.pdf": b"%PDF-1.7 a scanned essay"})
     fake.add("104", {"huge.ipynb": b"{" + b" " * MAX_FILE})
     fake.add("105", {"lab.ipynb": None})
@@ -468,17 +772,20 @@ def well_formed(msg: str) -> ET.Element:
 
 @pytest.mark.slow
 def test_lab_notebooks_get_the_graders_points(run: Run) -> None:
+    """On edx-submissions: the score as a fraction, stored as that part of the problem's
+    points; the message shows the rubric's points."""
     correct, mistake = run.answers["101"].body, run.answers["102r"].body
     want = sample("correct/loss20.ipynb")
-    assert correct["score"] == want["score"] == 10 and correct["correct"] is True
+    assert want["score"] == 10 and correct["score"] == 1 and correct["correct"] is True
+    assert run.fake.scores["101"] == (10, 10)
     root = well_formed(correct["msg"])
     assert "Score: 10 / 10" in "".join(root.itertext())
-    # The mistake: the rubric's points scaled to the problem's 5 (grader_payload "points").
     want = sample("mistakes/stale_loader.ipynb")
-    assert mistake["score"] == pytest.approx(want["score"] * 5 / 10), mistake["msg"]
+    assert mistake["score"] == pytest.approx(want["score"] / 10), mistake["msg"]
+    assert run.fake.scores["102r"] == (round(want["score"] / 10 * 5), 5)
     assert not mistake["correct"]
     text = "".join(well_formed(mistake["msg"]).itertext())
-    assert f"Score: {want['score'] * 5 / 10:g} / 5" in text and "batch" in text.lower()
+    assert f"Score: {want['score']:g} / 10" in text and "batch" in text.lower()
     assert run.fake.logins >= 2, "the expired session was not renewed"
 
 
@@ -506,9 +813,9 @@ def test_kill_9_mid_grading_then_restart_every_score_arrives_unchanged(run: Run)
     assert before["106"]["answer"] is not None and before["106"]["answered_at"] is None
     # The answer that was refused before the kill is the one taken after it, byte for byte.
     assert run.answers["106"].raw_body == run.refused_body == before["106"]["answer"]
-    assert run.answers["106"].body["score"] < 10
+    assert run.answers["106"].body["score"] < 1
     sleepy = run.answers["107"].body
-    assert sleepy["correct"] is True and sleepy["score"] == 10
+    assert sleepy["correct"] is True and sleepy["score"] == 1
     well_formed(sleepy["msg"])
     for sid in run.answers:  # once, or again identical (killed between its post and its note)
         assert len({p.raw_body for p in run.fake.taken(sid)}) == 1, sid

@@ -14,15 +14,18 @@ from grader.errors import UsageError
 from grader.models import CellRun, CheckResult, Execution, GradeResult, not_graded
 from grader.xqueue.client import _session_lost
 from grader.xqueue.contract import (
+    EDX_SUBMISSIONS,
+    XQUEUE,
     ContractError,
     is_empty_queue,
     parse_reply,
     parse_submission,
     payload_points,
     score_body,
+    server_from_login_page,
 )
 from grader.xqueue.feedback import MAX_TRACEBACK_CHARS, message_html
-from grader.xqueue.journal import Journal
+from grader.xqueue.journal import Journal, Pull
 from grader.xqueue.worker import SEND_BACKOFF, Backoff, answer_for, choose_file, send_delay
 
 
@@ -104,10 +107,31 @@ def test_points_come_only_from_a_sane_grader_payload(payload: object, points: fl
     assert payload_points(payload) == points
 
 
-def test_the_score_body_is_points_and_never_nan() -> None:
+def test_the_score_body_is_a_number_never_nan_and_whole_numbers_are_integers() -> None:
     body = json.loads(score_body(correct=True, score=7.123456, msg="<p/>"))
     assert body == {"correct": True, "score": 7.1235, "msg": "<p/>"}
     assert json.loads(score_body(correct=False, score=math.nan, msg=""))["score"] == 0
+    # edx-submissions before 4.0.2 stored `score` in an IntegerField: int("10.0") fails there
+    assert '"score": 10,' in score_body(correct=True, score=10.0, msg="")
+    assert '"score": 1,' in score_body(correct=True, score=0.99999, msg="")
+
+
+@pytest.mark.parametrize(
+    ("status", "data", "server"),
+    [
+        (200, {"return_code": 1, "content": "login_required"}, XQUEUE),  # its log_in view
+        (200, {"return_code": 0, "content": ""}, EDX_SUBMISSIONS),  # sets the CSRF cookie
+        (405, {"detail": 'Method "GET" not allowed.'}, EDX_SUBMISSIONS),  # before that (4.0.0)
+        (200, {"return_code": 1, "content": "Incorrect login credentials"}, None),
+        (404, {"detail": "Not found."}, None),
+        (200, None, None),  # a proxy's page
+        (502, None, None),
+    ],
+)
+def test_the_server_is_told_from_its_answer_to_get_login(
+    status: int, data: object, server: str | None
+) -> None:
+    assert server_from_login_page(status, data) == server
 
 
 def test_a_lost_session_is_told_from_an_answer_that_refuses() -> None:
@@ -177,17 +201,30 @@ def test_the_message_is_one_well_formed_bounded_fragment_whatever_the_learner_wr
 
 def test_answers_are_points_scaled_to_the_problem_and_correct_only_at_full_marks() -> None:
     result = hostile_result()
-    body, score = answer_for(result, None)
+    body, score = answer_for(result, None, XQUEUE)
     assert score == 2 and json.loads(body)["score"] == 2 and not json.loads(body)["correct"]
-    body, score = answer_for(result, 5.0)
+    body, score = answer_for(result, 5.0, XQUEUE)
     assert score == 1.0 and "Score: 1 / 5" in "".join(
         ET.fromstring(json.loads(body)["msg"]).itertext()
     )
     full = result.model_copy(update={"score": 10.0})
-    assert json.loads(answer_for(full, None)[0])["correct"] is True
+    assert json.loads(answer_for(full, None, XQUEUE)[0])["correct"] is True
     rejected = not_graded("x", "rejected", "a PDF document", max_score=10)
-    body, score = answer_for(rejected, 3.0)
+    body, score = answer_for(rejected, 3.0, XQUEUE)
     assert score == 0 and "a PDF document" in json.loads(body)["msg"]
+
+
+def test_edx_submissions_gets_the_fraction_it_multiplies_by_the_problems_points() -> None:
+    result = hostile_result()  # 2 of 10
+    body, points = answer_for(result, None, EDX_SUBMISSIONS)
+    assert json.loads(body)["score"] == 0.2 and points == 2
+    assert "Score: 2 / 10" in "".join(ET.fromstring(json.loads(body)["msg"]).itertext())
+    full = result.model_copy(update={"score": 10.0})
+    assert json.loads(answer_for(full, 5.0, EDX_SUBMISSIONS)[0])["score"] == 1
+    over = result.model_copy(update={"score": 12.0})  # never more than all of it
+    assert json.loads(answer_for(over, None, EDX_SUBMISSIONS)[0])["score"] == 1
+    rejected = not_graded("x", "rejected", "a PDF document", max_score=0)
+    assert json.loads(answer_for(rejected, None, EDX_SUBMISSIONS)[0])["score"] == 0
 
 
 def test_the_notebook_is_chosen_among_the_uploads() -> None:
@@ -219,7 +256,7 @@ def test_the_journal_keeps_pulls_answers_and_one_worker(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="in use by another XQueue worker"):
             Journal(tmp_path)
         first = parse_submission(content({"submission_id": 1, "submission_key": "a"}))
-        assert journal.record_pull(first) is True
+        assert journal.record_pull(first) is Pull.NEW
         assert journal.ungraded() == ["1"]
         assert journal.start_grading("1") == 1
         journal.store_file("1", b"{}", None)
@@ -231,11 +268,19 @@ def test_the_journal_keeps_pulls_answers_and_one_worker(tmp_path: Path) -> None:
         assert journal.retry_send("1", 60, "HTTP 503") == 1 and journal.due() == []
         journal.sent("1", "taken")
         assert journal.counts() == {"grading": 0, "sending": 0, "answered": 1}
+        # Handed out again with the same key (edx-submissions, 5 minutes after a pull it
+        # has not recorded an answer for): nothing changes, nothing is posted again.
+        assert journal.record_pull(first) is Pull.SAME
+        assert journal.due() == [] and journal.get("1").outcome == "taken"
         # Handed out again under a new key: the same answer goes again, with the new header.
         again = parse_submission(content({"submission_id": 1, "submission_key": "b"}))
-        assert journal.record_pull(again) is False
+        assert journal.record_pull(again) is Pull.AGAIN
         (due,) = journal.due()
         assert due.header == again.header and due.answer == '{"score": 3}'
+        journal.sent("1", "presumed taken")
+        journal.resend("1")  # the worker's call when a presumption proves wrong
+        (due,) = journal.due()
+        assert due.answer == '{"score": 3}' and due.outcome is None
     finally:
         journal.close()
     reopened = Journal(tmp_path)  # the lock goes with the worker
