@@ -63,14 +63,23 @@ def _points(value: float) -> str:
 
 # -- Markdown: Gradescope renders `output_format: "md"`; everything from a learner is escaped --
 
-_MD_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
+# Every ASCII punctuation character but & < > (those become entities): CommonMark reads each
+# one after a backslash as itself, so none can start or end a construct (a setext underline
+# of = or -, a ~~~ fence, a table's |, an autolink's : or www., emphasis, ...).
+_MD_PUNCTUATION = re.compile(r"([!\"#$%'()*+,\-./:;=?@\[\\\]^_`{|}~])")
+# GitHub-flavoured renderers find e-mail addresses in the text once escapes are undone:
+# after an @, an invisible WORD JOINER keeps an address from being one.
+WORD_JOINER = "\u2060"
 
 
 def md_escape(text: str) -> str:
-    """`text` as literal Markdown: no link, image, emphasis, heading, list or raw HTML can come
-    out of it (a learner's variable name or error message must stay text). Line breaks stay."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """`text` as literal Markdown: no link, autolink (URL, IP address, e-mail), image,
+    emphasis, heading, fence, table, list or raw HTML can come out of it (a learner's variable
+    name or error message must stay text). Line breaks stay; so does what a reader sees (a
+    zero-width word joiner after each @ aside)."""
     text = _MD_PUNCTUATION.sub(r"\\\1", text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("@", "@" + WORD_JOINER)
     return "  \n".join(line.strip() for line in text.splitlines())
 
 

@@ -37,11 +37,18 @@ if TYPE_CHECKING:
 # -- CSV -------------------------------------------------------------------------------------
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t")
+
+
 def _cell(value: object) -> object:
-    """Text that a spreadsheet would run as a formula gets a leading apostrophe."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    """Text that a spreadsheet would run as a formula gets a leading apostrophe: at the start
+    of the field and of each of its lines, since some spreadsheets start a row at a line break
+    even inside quotes. Every line break (a bare CR, which the writer would not quote, and
+    the Unicode ones) becomes a LF, which it quotes."""
+    if not isinstance(value, str):
+        return value
+    lines = value.splitlines() or [""]
+    return "\n".join("'" + line if line.startswith(FORMULA_STARTS) else line for line in lines)
 
 
 def _num(value: float) -> str:
