@@ -130,10 +130,12 @@ def main() -> None:
     cells_run = sum(len(ex["cells"]) for ex in executions)
     cells_reused = sum(len(ex["reused_cells"]) for ex in executions)
     expected = sum(1 for _, k in found.values() if k)
+    ran = len(executions)
     print(
-        f"\nreuse rate: {len(forked)}/{n} notebooks started from a warm parent "
-        f"({len(forked) / n:.0%}; {expected} could), {cells_reused}/{cells_run} code cells "
-        f"not run again ({cells_reused / max(cells_run, 1):.0%})"
+        f"\nreuse rate: {len(forked)}/{ran} notebooks run started from a warm parent "
+        f"({len(forked) / max(ran, 1):.0%}; {expected} of all {n} match a known version, "
+        f"{n - ran} not run: rejected), {cells_reused}/{cells_run} code cells not run again "
+        f"({cells_reused / max(cells_run, 1):.0%})"
     )
     missed = sorted(
         r["submission"]
