@@ -30,7 +30,7 @@ from grader.grading.identity import grade_key, grading_fingerprint
 from grader.grading.integrity import new_key
 from grader.models import PROBLEM_STATUSES, Entry, GradeResult, Item, Sink, grader_failed
 from grader.reports.writer import BackgroundReports
-from grader.submission import notebooks_under, read_capped
+from grader.submission import notebooks_under, read_capped, shown_name
 
 if TYPE_CHECKING:
     from grader.execution.runner import KernelSource
@@ -96,7 +96,8 @@ def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[
     """Every notebook under `paths` with a unique submission id and report folder.
 
     A folder is searched as `grader.submission.notebooks_under` says (no hidden files, no
-    symbolic links); a file named in `paths` is taken as it is."""
+    symbolic links); a file named in `paths` is taken as it is. A name that is not UTF-8 is
+    the id as `grader.submission.shown_name` spells it (the file is read by its own name)."""
     items: list[Item] = []
     seen: set[str] = set()
     taken: set[str] = set()
@@ -104,12 +105,13 @@ def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[
         given = Path(given)
         if given.is_dir():
             pairs = [
-                (p, p.relative_to(given).with_suffix("").as_posix()) for p in notebooks_under(given)
+                (p, shown_name(p.relative_to(given).with_suffix("").as_posix()))
+                for p in notebooks_under(given)
             ]
         elif given.is_file():
-            pairs = [(given, given.stem)]
+            pairs = [(given, shown_name(given.stem))]
         else:
-            raise BatchError(f"{given}: no such file or folder")
+            raise BatchError(f"{shown_name(str(given))}: no such file or folder")
         for path, submission in pairs:
             base, n = submission, 1
             while submission in seen:  # same relative path under two roots
@@ -126,7 +128,9 @@ def discover(paths: Sequence[Path], learner_from: LearnerFrom = "path") -> list[
                 )
             )
     if not items:
-        raise BatchError("no notebooks (*.ipynb) found in " + ", ".join(map(str, paths)))
+        raise BatchError(
+            "no notebooks (*.ipynb) found in " + ", ".join(shown_name(str(p)) for p in paths)
+        )
     return items
 
 
@@ -282,6 +286,7 @@ def grade_main(
 ) -> int:
     """The `mbgd-grader grade` command: grade, write the class summary, return the exit code."""
     from rich.console import Console
+    from rich.markup import escape
 
     from grader.progress import ConsoleProgress
     from grader.reports.summary import print_class_table, write_summary
@@ -332,10 +337,13 @@ def grade_main(
     progress.console.print(
         f"{len(entries)} submissions: {outcome.graded} graded now, {outcome.skipped} unchanged "
         f"(skipped), {problems} timed out/crashed/unreadable. "
-        f"Open {out / 'summary.html'}; LMS import: {out / 'gradebook.csv'}",
+        f"Open {shown_name(str(out / 'summary.html'))}; "
+        f"LMS import: {shown_name(str(out / 'gradebook.csv'))}",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
-    for problem in outcome.harness_errors:
+    for problem in outcome.harness_errors:  # names a submission, and why: text, not markup
+        problem = escape(shown_name(problem))
         progress.console.print(f"[red]grader error[/red] {problem}", highlight=False)
     return 1 if outcome.harness_errors else 0

@@ -12,6 +12,7 @@ and grade key) and its `GradeResult`.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
     submission TEXT PRIMARY KEY,   -- unique id in the batch: path relative to its root
     learner    TEXT NOT NULL,
-    source     TEXT NOT NULL,      -- the file that was graded
+    source     TEXT NOT NULL,      -- the file that was graded (its bytes if not UTF-8)
     report_dir TEXT NOT NULL,      -- relative to the output folder
     key        TEXT NOT NULL,      -- grader.grading.identity.grade_key()
     sha256     TEXT NOT NULL,      -- of the notebook bytes
@@ -45,6 +46,17 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 # The integrity key (grader.grading.integrity). The name is from when it held the one secret seed of
 # every submission; such a gradebook's number is now its key.
 SECRET_SEED = "integrity_secret_seed"
+
+
+def _source(path: Path) -> str | bytes:
+    """The graded file's name for its column: text, or its bytes when the name is not UTF-8
+    (SQLite text cannot hold it; a BLOB keeps it exactly)."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return name
 
 
 class Gradebook:
@@ -79,7 +91,7 @@ class Gradebook:
                 (
                     item.submission,
                     item.learner,
-                    str(item.path),
+                    _source(item.path),
                     item.report_dir,
                     item.key,
                     item.sha256,
@@ -110,7 +122,8 @@ class Gradebook:
                 parsed = GradeResult.model_validate_json(result)
             except ValueError:  # written by another grader version: grade it again
                 continue
-            item = Item(sub, learner, Path(source), report_dir, sha, key)
+            path = Path(os.fsdecode(source) if isinstance(source, bytes) else source)
+            item = Item(sub, learner, path, report_dir, sha, key)
             rows.append(Entry(item, parsed, graded_at))
         return rows
 

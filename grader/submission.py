@@ -111,6 +111,20 @@ def notebooks_under(folder: Path) -> list[Path]:
     return found
 
 
+def shown_name(name: str) -> str:
+    """A file name, or a path relative to a folder, as text that every encoder takes (UTF-8,
+    JSON, SQLite, HTML, a console): its bytes that are not UTF-8, which `os.walk` hands over
+    as lone surrogates, are spelled `\\xNN` (b"caf\\xe9" is `caf\\xe9`). A UTF-8 name is kept
+    as it is. The same name always gives the same text, and two names two texts (unless one
+    of them spells such a backslash out itself: the batch numbers repeats, as it does for the
+    same relative path under two folders)."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate that is no byte of a file name
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _regular(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 

@@ -334,6 +334,77 @@ def test_discover_names_learners_and_report_folders(tmp_path):
         discover([root / "texts"])
 
 
+NOT_UTF8 = [b"caf\xe9.ipynb", b"caf\xe8.ipynb", b"caf\\xe9.ipynb", b"l\xe9arner/lab.ipynb"]
+
+
+def not_utf8_folder(root: Path, notebooks: dict[bytes, bytes]) -> Path:
+    """A class folder whose names are bytes that are not UTF-8 (made through bytes paths)."""
+    for name, content in notebooks.items():
+        path = os.path.join(os.fsencode(root), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(content)
+    return root
+
+
+def test_names_that_are_not_utf8_are_unique_stable_text_everywhere(tmp_path):
+    """No kernel: found, stored, read back, reported and summed up under their shown names
+    (the bytes as \\xNN), while the files are read by their own names."""
+    from grader.grading.rubric import load_rubric
+    from grader.reports.feedback import write_reports
+    from grader.reports.summary import write_summary
+    from grader.submission import read_capped
+
+    root = not_utf8_folder(tmp_path / "class", {name: b"{}" for name in NOT_UTF8})
+    items = discover([root], "first-dir")
+    ids = [i.submission for i in items]
+    assert len(set(ids)) == len(ids) == len(NOT_UTF8)
+    assert {"caf\\xe9", "caf\\xe8", "l\\xe9arner/lab"} <= set(ids)
+    assert [i.submission for i in discover([root], "first-dir")] == ids  # stable
+    assert len({i.report_dir.lower() for i in items}) == len(items)
+    for item in items:
+        for text in (item.submission, item.learner, item.report_dir):
+            text.encode("utf-8")  # strict: no lone surrogate left
+        assert read_capped(item.path) == b"{}"
+    assert next(i for i in items if "arner" in i.submission).learner == "l\\xe9arner"
+
+    out, rubric = tmp_path / "out", load_rubric()
+    with Gradebook(out / "gradebook.sqlite") as book:
+        for item in items:
+            book.put(item, rubric.rejected(item.submission, "not a notebook", time.monotonic()))
+        entries = book.rows()
+    assert {entry.item for entry in entries} == set(items)  # the file names exactly, too
+    for entry in entries:
+        write_reports(entry.result, out / entry.report_dir)
+    write_summary(entries, out)
+    assert sorted(r["submission"] for r in read_csv(out / "gradebook.csv")) == sorted(ids)
+    summary = (out / "summary.html").read_text(encoding="utf-8")
+    for entry in entries:
+        assert entry.submission in summary
+        data = json.loads((out / entry.report_dir / "results.json").read_text(encoding="utf-8"))
+        assert data["extra_data"]["submission"] == entry.submission
+
+
+@pytest.mark.slow
+def test_a_folder_with_names_that_are_not_utf8_is_graded_whole(tmp_path):
+    notebooks = {
+        b"caf\xe9.ipynb": quick_notebook("correct", "cafe"),
+        b"l\xe9arner/lab.ipynb": quick_notebook("not_json", "learner"),
+    }
+    root, out = not_utf8_folder(tmp_path / "class", notebooks), tmp_path / "out"
+    proc = grade_cli(str(root), "--out", str(out), "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row["submission"]: row for row in read_csv(out / "gradebook.csv")}
+    assert set(rows) == {"caf\\xe9", "l\\xe9arner/lab"}
+    cafe = rows["caf\\xe9"]
+    assert cafe["status"] == "graded" and cafe["score"] == cafe["max_score"]
+    assert rows["l\\xe9arner/lab"]["status"] == "rejected"
+    for row in rows.values():
+        assert (out / row["feedback"]).is_file()
+    assert (out / "summary.html").is_file() and db_count(out / "gradebook.sqlite") == 2
+    assert "2 submissions: 2 graded now" in proc.stderr
+
+
 def test_usage_errors_exit_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
