@@ -33,7 +33,7 @@ from grader.service.dispatcher import _comment
 from grader.xqueue.feedback import message_html
 from reference import METHODS, expected, mistake_variants
 from tests.helpers import comparison_axes, lab_execution
-from tests.reports.test_learner_view import rubric_with
+from tests.reports.test_learner_view import PAIRS, rubric_with
 
 WANT = expected()
 STALE = mistake_variants()["batch_size_10"]
@@ -128,17 +128,8 @@ SCENARIOS: dict[str, tuple[str, Any, Callable[..., GradeResult], list[str]]] = {
         CheckId.NOTEBOOK_RUNS,
         lab_execution(
             variables=OTHERS,
-            cells=[
-                CellRun(index=0, status="ok"),
-                CellRun(
-                    index=1,
-                    status="error",
-                    error_name="NameError",
-                    error_value="name 'oops' is not defined",
-                    traceback="Traceback (most recent call last):\nNameError: oops",
-                ),
-                CellRun(index=2, status="timeout"),
-            ],
+            # cell 1 raised a NameError, the last one ran out of time
+            cells=[*PAIRS[CheckId.NOTEBOOK_RUNS][1].cells, CellRun(index=3, status="timeout")],
             fate="timeout",
         ),
         lambda execution, rubric: evaluate(execution, rubric).model_copy(
