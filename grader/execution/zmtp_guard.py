@@ -165,6 +165,8 @@ class _Side(asyncio.Protocol):
         self.framing = framing
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
+        # bytes that came before the other end was there (see `data_received`)
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -181,6 +183,24 @@ class _Side(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+            return
+        # The other end is not connected yet. `pause_reading()` in `connection_made` does not
+        # hold these bytes back on every Python: before 3.11.5 (Debian 12's python3.11, what
+        # a course's venv is made of) the selector transport starts reading anyway, and the
+        # ZMTP greeting that came early was lost: both ends then waited for ever (issue 22).
+        # Keep them (bounded) until `pair` hands them on.
+        self.early += data
+        if len(self.early) >= WRITE_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+
+    def pair(self, peer: _Side) -> None:
+        """Relay to `peer` from now on, first what arrived before it was there."""
+        self.peer = peer
+        if self.early and peer.transport is not None:
+            peer.transport.write(bytes(self.early))
+        self.early.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:  # our write buffer is full: stop reading the peer
         if self.peer is not None and self.peer.transport is not None:
@@ -263,11 +283,11 @@ class ChannelGuard:
                 kernel.transport.abort()
             return
         self._kernel = kernel
-        harness.peer, kernel.peer = kernel, harness
         if harness.transport is None:
             self.close()
-        else:
-            harness.transport.resume_reading()
+            return
+        harness.pair(kernel)
+        kernel.pair(harness)
 
     def cut(self, problem: str) -> None:
         """The kernel broke a rule: drop both connections; the harness treats it as broken."""

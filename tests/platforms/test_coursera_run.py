@@ -23,7 +23,14 @@ import pytest
 
 from grader.grading.rubric import load_rubric
 from grader.platforms.coursera import MAX_HTML_BYTES
-from tests.helpers import MANIFEST, SUBMISSIONS, cli, install_for_real, mountpoints
+from tests.helpers import (
+    MANIFEST,
+    SUBMISSIONS,
+    cli,
+    install_for_real,
+    mountpoints,
+    system_python,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,7 +92,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     opt.chmod(0o755)
     try:
         (wheel,) = image.glob("*.whl")
-        install_for_real(wheel, opt / "venv")
+        install_for_real(wheel, opt / "venv", python=system_python())  # the image's python3
         started: dict[str, tuple[subprocess.Popen, Path]] = {}
         with mountpoints("/shared", "/grader", "/opt/mbgd"):
             for path in ("/shared", "/grader", "/opt/mbgd"):

@@ -29,6 +29,7 @@ from tests.helpers import (
     cli,
     install_for_real,
     mountpoints,
+    system_python,
     tree_memory_peak_mb,
     verdict_holds,
 )
@@ -144,7 +145,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
             os.chmod(source / info.filename, (info.external_attr >> 16) & 0o777)
     (wheel,) = source.glob("*.whl")
     venv = work / "opt-mbgd"
-    install_for_real(wheel, venv)  # setup.sh's pip install, offline
+    install_for_real(wheel, venv, python=system_python())  # setup.sh: the image's python3
     started: dict[str, tuple[subprocess.Popen, Path]] = {}
     with mountpoints("/autograder", "/opt/mbgd"):
         for path in ("/autograder", "/opt/mbgd"):
