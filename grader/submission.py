@@ -8,6 +8,12 @@ A `str` source is a path unless it looks like notebook text (starts with ``{`` a
 whitespace, or is too long or multi-line to be a path). Stored outputs and execution counts are
 dropped (the grader runs the notebook itself), and the kernelspec is set to Python 3 so that a
 notebook cannot pick which kernel the runner starts.
+
+Harmless deviations from the nbformat 4 schema that editors leave in real notebooks are
+repaired, not rejected (`_repair`, `_fix_cell_ids`, and nbformat's own `normalize` for
+metadata values the schema does not allow): keys a cell of its type must not have, a missing
+`metadata` or `source`, missing, malformed or duplicated cell ids, unknown top-level keys.
+What is still not a notebook after that is refused, with the place named.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ MAX_DEPTH = 100  # real notebooks nest < 15 levels; deep nesting is a parser att
 _PATH_MAX = 4096
 _CELL_ID = re.compile(r"[a-zA-Z0-9-_]{1,64}")
 _KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+_CELL_TYPES = {
+    3: frozenset({"code", "markdown", "raw", "heading"}),
+    4: frozenset({"code", "markdown", "raw"}),
+}
+_TOP_KEYS = frozenset({"cells", "metadata", "nbformat", "nbformat_minor"})
+_CELL_KEYS = {  # what nbformat 4's schema allows on each type of cell, less `attachments`
+    "code": frozenset({"id", "cell_type", "metadata", "source", "outputs", "execution_count"}),
+    "markdown": frozenset({"id", "cell_type", "metadata", "source"}),
+    "raw": frozenset({"id", "cell_type", "metadata", "source"}),
+}
 _MAGIC = (  # leading bytes of common non-notebook uploads
     (b"PK\x03\x04", "a zip file"),
     (b"PK\x05\x06", "an (empty) zip file"),
@@ -288,11 +304,9 @@ def _parse(raw: bytes, max_cells: int) -> nbformat.NotebookNode:
     if major == 3:
         notebook = nbformat.convert(notebook, 4)
         minor = notebook.get("nbformat_minor", 0)
+    _repair(notebook)
     _fix_cell_ids(notebook.cells, minor)
-    try:
-        nbformat.validate(notebook)
-    except ValidationError as exc:
-        raise SubmissionError(_validation_message(exc, major)) from exc
+    notebook = _validated(notebook, major)
     _finish(notebook)
     return notebook
 
@@ -323,6 +337,11 @@ def _version(data: dict) -> tuple[int, int]:
         raise SubmissionError(
             "the notebook's 'nbformat' / 'nbformat_minor' version must be whole numbers, got "
             f"{json.dumps(major)[:20]} / {json.dumps(minor)[:20]}"
+        )
+    if minor < 0:
+        raise SubmissionError(
+            f"the notebook's 'nbformat_minor' is {minor}, but versions start at 0; open it in "
+            "Jupyter, save it, and upload the saved .ipynb file"
         )
     if major < 3:
         raise SubmissionError(
@@ -364,6 +383,12 @@ def _check_cells(cells: list, major: int) -> None:
         cell_type = cell.get("cell_type")
         if not isinstance(cell_type, str):
             raise SubmissionError(f"cell {number} has no 'cell_type'")
+        if cell_type not in _CELL_TYPES[major]:
+            raise SubmissionError(
+                f"cell {number} has the cell type {json.dumps(cell_type)[:40]}, which is no "
+                "notebook cell: a cell is code, markdown or raw; change that cell's type in "
+                "Jupyter, save, and upload again"
+            )
         key = "input" if major == 3 and cell_type == "code" else "source"
         source = cell.get(key, "")
         if isinstance(source, list):
@@ -420,13 +445,68 @@ def _fix_cell_ids(cells: list, minor: int) -> None:
         seen.add(cell_id)
 
 
+def _repair(notebook: nbformat.NotebookNode) -> None:
+    """Undo the harmless deviations from the nbformat 4 schema that editors leave behind.
+
+    Real learners' notebooks pass through many editors, some of which write keys a cell of
+    that type must not have (`outputs` or `execution_count` on a markdown cell), leave
+    `metadata` or a markdown cell's `source` out, or add keys of their own. None of that
+    changes what runs, so it is repaired rather than costing a learner the grade: keys the
+    schema does not allow are dropped (at the top level and on each cell, by its type), a
+    missing or null `metadata` becomes `{}`, a missing `source` the empty text, and
+    `attachments` (pictures in markdown, never run or shown by the grader) are dropped. The
+    kernelspec is pinned here already, so a partial one from the learner's editor does not
+    fail validation. What is left for `_validated` is what is not a notebook (a `metadata`
+    that is a number or a list, on the notebook or on a cell).
+    """
+    for key in [k for k in notebook if k not in _TOP_KEYS]:
+        del notebook[key]
+    if notebook.get("metadata") is None:
+        notebook["metadata"] = nbformat.NotebookNode()
+    if isinstance(notebook.metadata, dict):
+        notebook.metadata["kernelspec"] = nbformat.from_dict(copy.deepcopy(_KERNELSPEC))
+    for cell in notebook.cells:
+        allowed = _CELL_KEYS.get(cell.get("cell_type"))
+        if allowed is None:  # not a cell; validation names it
+            continue
+        for key in [k for k in cell if k not in allowed]:
+            del cell[key]
+        if cell.get("metadata") is None:
+            cell["metadata"] = nbformat.NotebookNode()
+        cell.setdefault("source", "")
+
+
+def _validated(notebook: nbformat.NotebookNode, major: int) -> nbformat.NotebookNode:
+    """The notebook if it is valid nbformat 4, else with nbformat's own repair of metadata
+    (`normalize(strip_invalid_metadata=True)`: the top-level or cell metadata keys whose
+    values the schema does not allow, e.g. a `language_info` without `name` or `tags` that are
+    not a list, are dropped; metadata never changes what runs), else `SubmissionError`.
+
+    The cell ids are well-formed and unique already (`_fix_cell_ids`), so `normalize` neither
+    warns nor invents random ids.
+    """
+    try:
+        nbformat.validate(notebook)
+        return notebook
+    except ValidationError:
+        pass
+    _changes, repaired = nbformat.validator.normalize(notebook, strip_invalid_metadata=True)
+    repaired = nbformat.from_dict(repaired)
+    try:
+        nbformat.validate(repaired)
+    except ValidationError as exc:
+        raise SubmissionError(_validation_message(exc, major)) from exc
+    return repaired
+
+
 def _validation_message(exc: ValidationError, major: int) -> str:
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
     detail = exc.message if len(exc.message) <= 200 else exc.message[:200] + "..."
     converted = " after converting it from nbformat 3" if major == 3 else ""
     return (
         f"the notebook is not a valid nbformat 4 notebook{converted}: at "
-        f"'{where.lstrip('.') or 'top level'}': {detail}"
+        f"'{where.lstrip('.') or 'top level'}': {detail}; open it in Jupyter, save it, and "
+        "upload the saved .ipynb file"
     )
 
 

@@ -170,10 +170,130 @@ def test_cells_and_sources() -> None:
 def test_invalid_schema_names_the_place() -> None:
     nb = make_notebook()
     nb["cells"][1]["cell_type"] = "kode"
-    assert "cells[1]" in rejected(as_bytes(nb))
+    assert rejected(as_bytes(nb)).startswith(
+        'cell 2 has the cell type "kode", which is no notebook cell: a cell is code, markdown '
+        "or raw; change that cell's type in Jupyter"
+    )
     nb = make_notebook()
     nb["metadata"] = 3
-    assert "'metadata'" in rejected(as_bytes(nb))
+    message = rejected(as_bytes(nb))
+    assert "at 'metadata'" in message and message.endswith("upload the saved .ipynb file")
+    nb = make_notebook()
+    nb["cells"][2]["metadata"] = ["tags"]
+    assert "at 'cells[2].metadata'" in rejected(as_bytes(nb))
+    nb = make_notebook()
+    nb["nbformat_minor"] = -1
+    assert "'nbformat_minor' is -1, but versions start at 0" in rejected(as_bytes(nb))
+
+
+def _markdown_outputs(nb: dict[str, Any]) -> None:  # the real 2024 copy of the lab
+    nb["cells"][0]["outputs"] = []
+
+
+def _markdown_execution_count(nb: dict[str, Any]) -> None:
+    nb["cells"][0]["execution_count"] = None
+    nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x"}]
+
+
+def _no_cell_metadata(nb: dict[str, Any]) -> None:
+    for cell in nb["cells"]:
+        del cell["metadata"]
+    nb["cells"][1]["metadata"] = None
+
+
+def _no_notebook_metadata(nb: dict[str, Any]) -> None:
+    del nb["metadata"]
+
+
+def _ids_missing_duplicated_and_not_text(nb: dict[str, Any]) -> None:
+    del nb["cells"][0]["id"]
+    nb["cells"][1]["id"] = 5
+    nb["cells"][2]["id"] = "same"
+    nb["cells"].append(copy.deepcopy(nb["cells"][2]))
+
+
+def _source_lists_and_missing_source(nb: dict[str, Any]) -> None:
+    nb["cells"][0]["source"] = ["# Mini", "-batch\n"]
+    nb["cells"][2]["source"] = ["LOSS", "20"]
+    nb["cells"].append({"cell_type": "markdown", "metadata": {}, "id": "no-source"})
+
+
+def _nbformat_4_0(nb: dict[str, Any]) -> None:
+    nb["nbformat_minor"] = 0  # 4.0 has no ids: they are dropped, not rejected
+
+
+def _nbformat_4_9(nb: dict[str, Any]) -> None:
+    nb["nbformat_minor"] = 9  # a minor version from the future
+    nb["cells"][0]["outputs"] = []
+
+
+def _unknown_keys(nb: dict[str, Any]) -> None:
+    nb["worksheets"] = []
+    nb["metadata"]["colab"] = {"provenance": [], "toc_visible": True}
+    nb["metadata"]["vscode"] = {"interpreter": {"hash": "abc"}}
+    nb["cells"][1]["attachments"] = {}
+    nb["cells"][1]["editable"] = True
+    nb["cells"][0]["attachments"] = {"a.png": 5}  # pictures are never run: dropped
+
+
+def _invalid_metadata_values(nb: dict[str, Any]) -> None:
+    nb["metadata"]["kernelspec"] = {"name": "python3"}  # no display_name
+    nb["metadata"]["language_info"] = {"version": "3.11"}  # no name
+    nb["cells"][1]["metadata"]["tags"] = "graded"
+    nb["cells"][2]["metadata"]["collapsed"] = "yes"
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(
+    "deviate",
+    [
+        _markdown_outputs,
+        _markdown_execution_count,
+        _no_cell_metadata,
+        _no_notebook_metadata,
+        _ids_missing_duplicated_and_not_text,
+        _source_lists_and_missing_source,
+        _nbformat_4_0,
+        _nbformat_4_9,
+        _unknown_keys,
+        _invalid_metadata_values,
+    ],
+)
+def test_harmless_schema_deviations_are_repaired(deviate: Any) -> None:
+    """What editors leave in real learners' notebooks costs no grade: the code is kept as it
+    is, what the schema does not allow is dropped or filled in, the result is valid."""
+    nb = make_notebook()
+    deviate(nb)
+    sub = load(as_bytes(nb))
+    assert_clean(sub)
+    again = load(as_bytes(nb))
+    assert again.notebook == sub.notebook  # the repair is the same every time
+    cells = sub.notebook.cells
+    assert [c.cell_type for c in cells[:3]] == ["markdown", "code", "code"]
+    assert cells[1].source == "import torch\nLOSS20 = [1.0, 2.0]\nprint(LOSS20)"
+    assert cells[2].source == "LOSS20"
+    for cell in cells:
+        assert isinstance(cell.metadata, dict)
+        assert isinstance(cell.source, str)
+        if cell.cell_type != "code":
+            assert not {"outputs", "execution_count", "attachments"} & set(cell)
+        assert "attachments" not in cell and "editable" not in cell
+    assert set(sub.notebook) == {"cells", "metadata", "nbformat", "nbformat_minor"}
+    if sub.notebook.nbformat_minor >= 5:
+        ids = [c.id for c in cells]
+        assert len(set(ids)) == len(ids)
+
+
+def test_metadata_repair_keeps_what_is_valid() -> None:
+    nb = make_notebook()
+    _invalid_metadata_values(nb)
+    nb["metadata"]["colab"] = {"provenance": []}
+    nb["cells"][1]["metadata"]["jupyter"] = {"source_hidden": True}
+    meta = load(as_bytes(nb)).notebook.metadata
+    assert "language_info" not in meta and meta.colab == {"provenance": []}
+    assert meta.kernelspec.name == "python3"
+    cell_meta = load(as_bytes(nb)).notebook.cells[1].metadata
+    assert "tags" not in cell_meta and cell_meta.jupyter == {"source_hidden": True}
 
 
 def test_nesting_and_paths(tmp_path: Path) -> None:
