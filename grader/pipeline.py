@@ -154,22 +154,31 @@ def _integrity_check(
 
 
 def _flag_literals(result: GradeResult, submission: Submission, rubric: Rubric) -> None:
-    """A passing LOSS20 whose numbers stand in the source as literals is flagged, not failed:
-    the instructor decides (the secret-seed re-run gives the stronger evidence)."""
+    """A passing LOSS20 whose numbers stand in the source as literals is noted, not failed:
+    the instructor decides (the secret-seed re-run gives the stronger evidence).
+
+    The note on the LOSS20 check is added whatever the re-run found: a learner may be shown
+    that check while the re-run's (`integrity.seed`) is held back, and a note there only when
+    the re-run failed would tell its verdict. The grade's own flag (`integrity`, the mistake,
+    the diagnosis: learner views show these only with the re-run's check) is set only when no
+    re-run passed: a passed re-run outweighs numbers seen in the source."""
     values = next((c for c in result.checks if c.id == CheckId.LOSS20_VALUES and c.passed), None)
     if values is None:
         return
     want = expected(seed=rubric.answer.seed, epochs=rubric.answer.epochs)["LOSS20"]
     cells = hard_coded_cells(submission.notebook, want)
-    if cells:
-        note = (
-            f"Cell {cells[0]} spells these numbers out as literals; the instructor will see "
-            "this answer flagged as possibly typed in rather than computed."
-        )
-        values.message += " Note: " + note[:1].lower() + note[1:]
-        result.integrity = "flagged"
-        result.mistake = GraderMistake.HARD_CODED
-        result.diagnosis = note
+    if not cells:
+        return
+    note = (
+        f"Cell {cells[0]} spells these numbers out as literals; the instructor will see this "
+        "answer noted as possibly typed in rather than computed."
+    )
+    values.message += " Note: " + note[:1].lower() + note[1:]
+    if result.integrity == "passed":
+        return
+    result.integrity = "flagged"
+    result.mistake = GraderMistake.HARD_CODED
+    result.diagnosis = note
 
 
 async def grade_submission(
@@ -203,8 +212,7 @@ async def grade_submission(
         if not check.passed:
             result.mistake = result.mistake or GraderMistake.HARD_CODED
             result.diagnosis = check.message
-    if result.integrity != "passed":  # a passed re-run outweighs numbers seen in the source
-        _flag_literals(result, submission, rubric)
+    _flag_literals(result, submission, rubric)
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name
     result.grader_version = __version__

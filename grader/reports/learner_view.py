@@ -11,9 +11,10 @@ integrity verdict, the loss curves, the failing cells, the kernel's fate (the st
 and the graded variable's name all depend on particular checks, and each is kept only while
 those checks are shown. The shown checks' own messages tell another check's verdict only
 while that one is shown with them: `grader.grading.checks` words them for the rubric's
-visibilities; the secret-seed re-run's check, worded by the pipeline, is reworded here. So a
-learner whose hidden check fails sees exactly what one whose hidden check passes sees, and
-never "all checks passed" above a lower score.
+visibilities; the secret-seed re-run's check, worded by the pipeline, is reworded here, and
+the pipeline's note on LOSS20's check about literals is the same whatever the re-run found.
+So a learner whose hidden check fails sees exactly what one whose hidden check passes sees,
+and never "all checks passed" above a lower score.
 
 Instructors' views (the gradebook, the class summary) use the full result.
 """

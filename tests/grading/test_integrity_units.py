@@ -16,8 +16,10 @@ import pytest
 from grader import batch, pipeline
 from grader.gradebook import SECRET_SEED, Gradebook, grade_key
 from grader.grading.integrity import SEED_HIGH, SEED_LOW, derive_seed, key_digest, seed_in_range
+from grader.grading.rubric import default_rubric_text
 from grader.models import CellRun, Execution, Figure, Item, Variable
 from grader.reports.feedback import gradescope_json
+from grader.reports.learner_view import learner_view
 from grader.reports.summary import Entry, gradebook_csv
 from grader.submission import load
 from reference import expected
@@ -162,3 +164,50 @@ def test_a_rerun_that_could_not_start_is_no_verdict(monkeypatch):
         asyncio.run(pipeline.grade_submission(submission, options))
     assert str(derive_seed("k", submission.sha256, avoid={1})) not in str(raised.value)
     assert "seed" not in str(raised.value).replace("secret-seed re-run", "")
+
+
+@pytest.mark.parametrize("visibility", ["hidden", "visible"])
+def test_the_literals_note_does_not_tell_the_reruns_verdict(monkeypatch, tmp_path, visibility):
+    """LOSS20 typed in as literals and computed too (a printout pasted into a cell): the note on
+    the LOSS20 check is there whatever the secret-seed re-run found, so a learner shown that
+    check but not the re-run's reads the same either way (issue 22). The grade's own flag
+    still defers to a re-run that passed."""
+    want = expected()["LOSS20"]
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("LOSS20 = train(batch_size=20)"),
+            nbformat.v4.new_code_cell(f"# what it printed: {want}"),
+        ]
+    )
+    submission = load(nbformat.writes(notebook).encode(), name="learner")
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(
+        default_rubric_text()
+        + '\n[[checks]]\nid = "integrity.seed"\ntitle = "Same code, secret seed"\npoints = 0\n'
+        + f'visibility = "{visibility}"\n'
+    )
+    options = pipeline.GradeOptions(integrity=True, secret_key="k", rubric_path=str(rubric))
+
+    def graded(follows: bool):
+        async def fake_execute(nb, limits, *, seed_override=None, pool=None, reuse=True):
+            if seed_override is None:
+                return _execution(want)
+            return _execution(expected(seed=seed_override)["LOSS20"] if follows else want)
+
+        monkeypatch.setattr(pipeline, "execute_async", fake_execute)
+        return asyncio.run(pipeline.grade_submission(submission, options))
+
+    computed, typed_in = graded(follows=True), graded(follows=False)
+    for result in (computed, typed_in):
+        values = next(c for c in result.checks if c.id == "loss20.values")
+        assert (
+            values.passed and "Note: cell 1 spells these numbers out as literals" in values.message
+        )
+    assert computed.integrity == "passed" and computed.mistake != "hard_coded"
+    assert typed_in.integrity == "flagged" and typed_in.mistake == "hard_coded"
+    views = [learner_view(r).result for r in (computed, typed_in)]
+    ignore = {"seconds", "execution"}
+    if visibility == "hidden":
+        assert views[0].model_dump(exclude=ignore) == views[1].model_dump(exclude=ignore)
+    else:  # shown, the re-run's own check tells its verdict, as it should
+        assert views[0].model_dump(exclude=ignore) != views[1].model_dump(exclude=ignore)

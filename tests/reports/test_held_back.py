@@ -20,16 +20,18 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nbformat
 import pytest
 
 from grader.grading.checks import evaluate
 from grader.grading.rubric import CheckSpec, Rubric
 from grader.models import ALWAYS_SHOWN, CellRun, CheckId, Figure, GradeResult, GraderMistake
-from grader.pipeline import _integrity_check
+from grader.pipeline import _flag_literals, _integrity_check
 from grader.platforms.coursera import html_feedback, text_feedback
 from grader.reports.feedback import feedback_html, gradescope_json
 from grader.reports.learner_view import learner_view
 from grader.service.dispatcher import _comment
+from grader.submission import load
 from grader.xqueue.feedback import message_html
 from reference import METHODS, expected, mistake_variants
 from tests.helpers import comparison_axes, lab_execution
@@ -48,9 +50,14 @@ def _graded(execution, rubric) -> GradeResult:
     return evaluate(execution, rubric)
 
 
-def _rerun(follows: bool) -> Callable[[Any, Any], GradeResult]:
+def _rerun(follows: bool, source: str = "") -> Callable[[Any, Any], GradeResult]:
     """A correct notebook graded with --integrity whose re-run with the secret seed did (not)
-    follow the seed, as `grader.pipeline.grade_submission` records it."""
+    follow the seed, as `grader.pipeline.grade_submission` records it, its literal scan too
+    (`source`: a cell of the notebook besides the lab's)."""
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("LOSS20 = train(20)"), nbformat.v4.new_code_cell(source)]
+    )
+    submission = load(nbformat.writes(notebook).encode(), name="learner")
 
     def grade(execution, rubric) -> GradeResult:
         rubric = rubric.with_integrity()
@@ -63,6 +70,7 @@ def _rerun(follows: bool) -> Callable[[Any, Any], GradeResult]:
         if not check.passed:
             result.mistake = result.mistake or GraderMistake.HARD_CODED
             result.diagnosis = check.message
+        _flag_literals(result, submission, rubric)
         return result
 
     return grade
@@ -163,6 +171,14 @@ SCENARIOS: dict[str, tuple[str, Any, Callable[..., GradeResult], list[str]]] = {
         lab_execution(),
         _rerun(follows=False),
         ["typed in", "flagged", "hard_coded", "did not change", "secret seed"],
+    ),
+    # the literals' note on the shown LOSS20 check is there whatever the re-run found (its
+    # "typed in" is the literal scan's, not the re-run's verdict)
+    "integrity.seed: the re-run did not follow the seed, the numbers pasted in as literals": (
+        CheckId.INTEGRITY_SEED,
+        lab_execution(),
+        _rerun(follows=False, source=f"# it printed {WANT['LOSS20']}"),
+        ["flagged", "hard_coded", "did not change", "secret seed", "LOSS20 follows"],
     ),
 }
 
