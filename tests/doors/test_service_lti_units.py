@@ -492,6 +492,19 @@ async def drain(db: Database, outbox: ScoreOutbox, items: list[str], until: Any 
         await asyncio.sleep(0.05)
 
 
+async def stop(outbox: ScoreOutbox) -> None:
+    """Stops the outbox once no delivery is under way and its loop is waiting again.
+
+    On Python 3.11, ``asyncio.wait_for`` loses a cancel that lands just as the event it waits
+    on is set (a delivery that ends sets it), and ``DeliveryLoop.stop`` then waits forever.
+    """
+    deadline = time.monotonic() + 10
+    while outbox._inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    await outbox.stop()
+
+
 def deliver(db: Database, settings: Settings, items: list[str], until: Any = None) -> None:
     """Runs a Score outbox (a new one: no cached token) until ``drain`` returns."""
 
@@ -501,7 +514,7 @@ def deliver(db: Database, settings: Settings, items: list[str], until: Any = Non
         try:
             await drain(db, outbox, items, until)
         finally:
-            await outbox.stop()
+            await stop(outbox)
 
     asyncio.run(run())
 
@@ -579,7 +592,7 @@ def test_openedx_403_for_a_revoked_token_fetches_one_new_token_and_delivers(
                 queue_score(db, item, edx.base, edx.base)
             await drain(db, outbox, items)
         finally:
-            await outbox.stop()
+            await stop(outbox)
 
     asyncio.run(run())
     for item in items:
@@ -599,8 +612,9 @@ def test_openedx_403_for_a_revoked_token_fetches_one_new_token_and_delivers(
 def test_openedx_403_with_a_new_token_too_is_final_and_shown(
     keys: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A new token refused as well (here: the platform grants no score scope, as Open edX
-    does when the block's "Assignment and Grades" is "Disabled") is not retried again."""
+    """A new token refused as well is not tried again: the Score is dead, the platform's
+    answer shown. Here Open edX's permission check refuses it: the platform grants tokens
+    without the score scope."""
     edx = ScriptedPlatform(openedx=True)
     edx.grant_scope = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem.readonly"
     settings = outbox_settings(keys, edx)
