@@ -328,6 +328,14 @@ def worker(
     show_default=True,
     help="Longest pause between two polls of an empty queue (seconds).",
 )
+@click.option(
+    "--server",
+    type=click.Choice(["auto", "xqueue", "edx-submissions"], case_sensitive=False),
+    default=None,
+    help="Which server the queue is on: it decides how the score is read (points for "
+    "openedx/xqueue, a 0..1 fraction for edx-submissions); auto tells it at the first login.  "
+    "[default: MBGD_XQUEUE_SERVER, else auto]",
+)
 @loglevel_option
 def xqueue(
     url: str,
@@ -337,6 +345,7 @@ def xqueue(
     state: Path,
     timeout: float | None,
     poll_max: float,
+    server: str | None,
     loglevel: str,
 ) -> None:
     """Grade an Open edX course's notebooks from its XQueue, as a long-running pull worker.
@@ -353,7 +362,7 @@ def xqueue(
         require_extra("celery", "xqueue --broker", "celery", "redis")
     from grader.errors import UsageError
     from grader.pipeline import GradeOptions
-    from grader.xqueue.worker import Settings, run
+    from grader.xqueue.worker import Settings, run, server_setting
 
     user = os.environ.get("MBGD_XQUEUE_USER", "")
     password = os.environ.get("MBGD_XQUEUE_PASSWORD", "")
@@ -374,6 +383,7 @@ def xqueue(
         broker=broker,
         options=GradeOptions(limits=limits),
         poll_max=poll_max,
+        server=server.lower() if server else server_setting(),
     )
     try:
         run(settings)

@@ -285,3 +285,44 @@ def test_the_journal_keeps_pulls_answers_and_one_worker(tmp_path: Path) -> None:
         journal.close()
     reopened = Journal(tmp_path)  # the lock goes with the worker
     reopened.close()
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "server"),
+    [
+        ([], None, "auto"),
+        ([], " edx-submissions ", "edx-submissions"),  # MBGD_XQUEUE_SERVER as before
+        (["--server", "xqueue"], "edx-submissions", "xqueue"),  # the option wins
+        (["--server", "EDX-Submissions"], None, "edx-submissions"),
+        (["--server", "auto"], "xqueue", "auto"),
+    ],
+)
+def test_the_server_option_reaches_the_settings(
+    monkeypatch: pytest.MonkeyPatch, option: list[str], env: str | None, server: str
+) -> None:
+    import logging
+
+    from click.testing import CliRunner
+
+    import grader.cli
+    from grader.xqueue import worker
+
+    ran: list[worker.Settings] = []
+    monkeypatch.setattr(worker, "run", ran.append)
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.getLogger("httpx").level)
+    monkeypatch.setenv("MBGD_XQUEUE_USER", "grader")
+    monkeypatch.setenv("MBGD_XQUEUE_PASSWORD", "secret")
+    if env is None:
+        monkeypatch.delenv("MBGD_XQUEUE_SERVER", raising=False)
+    else:
+        monkeypatch.setenv("MBGD_XQUEUE_SERVER", env)
+    args = ["xqueue", "--url", "https://xqueue.example.org", "--queue", "mbgd", *option]
+    done = CliRunner().invoke(grader.cli.main, args)
+    assert done.exit_code == 0, done.output
+    assert [s.server for s in ran] == [server]
+    refused = CliRunner().invoke(grader.cli.main, [*args, "--server", "edx"])
+    assert refused.exit_code == 2 and "'edx' is not one of" in refused.output
+    assert len(ran) == 1
