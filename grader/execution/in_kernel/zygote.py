@@ -25,8 +25,10 @@ The zygote exits when its stdin closes (the harness went away); kernels die with
 PR_SET_PDEATHSIG on both levels.
 
 Warm parents (issue 16). `{"op": "parent"}` forks a parent that will run the first cells of a
-known version of the lab (only the lab's own code, chosen by the harness from
-`grader.execution.prefix`; never a learner's). It leaves the zygote's session, takes the
+known version of the lab: the copy in the first submission whose code cells hash (sha256) to
+a version the harness knows (`grader.execution.prefix`), so the lab's own code byte for byte
+and nothing of a learner's (a cell with one byte changed does not match and runs in the
+learner's own kernel). It leaves the zygote's session, takes the
 kernel's rlimits and environment, works in its own dir, and becomes its own leased uid for
 real and effective (the harness puts it in a cgroup of its own): it runs the lab with no
 effective capabilities. Only its saved uid stays 0, so that the kernels it forks can take back
