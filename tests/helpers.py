@@ -342,6 +342,18 @@ def lab_execution(
 # -- course platforms (tests/platforms) --------------------------------------------------------
 
 
+EXECUTION_TIMING = {"seconds", "phases"}  # timing fields of an Execution, and of each cell run
+
+
+def comparable(execution: Execution) -> dict:
+    """The Execution without its timing fields and the reuse marker (`reused_cells`): what
+    must be the same whether a run started from a warm parent or ran every cell."""
+    data = execution.model_dump(exclude=EXECUTION_TIMING | {"reused_cells"})
+    for cell in data["cells"]:
+        del cell["seconds"]
+    return data
+
+
 SYSTEM_PYTHON = os.environ.get("MBGD_SYSTEM_PYTHON", "/usr/bin/python3")
 
 

@@ -28,8 +28,10 @@ from a parent that already ran the longest known prefix of the lab those cells s
 (`ForkedKernel.reused`). A parent is made the first time a prefix is asked for (the asking
 submission waits about as long as running those cells itself takes), runs only the lab's
 cells, lives in a cgroup and uid of its own, and dies with the pool; at most `MAX_PARENTS`
-live at once. A prefix whose parent could not run its cells is not tried again, and one whose
-parent died is made again only a few times: after that, those notebooks run in full.
+live at once: a new prefix then retires the parent used least recently among those that no
+running kernel was forked from (kernels die with their parent), and runs in full only when
+every parent is busy. A prefix whose parent could not run its cells is not tried again, and
+one whose parent died is made again only a few times: after that, those notebooks run in full.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -208,6 +211,8 @@ class KernelPool:
         # key -> the parent and what it ran; None: its parent failed, that prefix runs in full
         self._parents: dict[str, tuple[WarmParent, PrefixRun] | None] = {}
         self._remade: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}  # key -> when a kernel was last forked from it
+        self._children: dict[str, list[ForkedKernel]] = {}  # key -> kernels forked from it
 
     @staticmethod
     def available() -> bool:
@@ -320,9 +325,14 @@ class KernelPool:
         key = _parent_key(prefix, limits)
         if key in self._parents:
             entry = self._parents[key]
+            if entry is not None:
+                self._last_used[key] = time.monotonic()
             return None if entry is None else (key, entry[1])
         if sum(1 for e in self._parents.values() if e is not None) >= MAX_PARENTS:
-            return None
+            idle = self._idle_parent()
+            if idle is None:
+                return None
+            self._retire_parent(idle)
         assert self.pool_dir is not None
         parent = WarmParent(limits, self.pool_dir)
         self._parents[key] = None  # until it has run its cells
@@ -354,7 +364,38 @@ class KernelPool:
                     self._send({"op": "drop", "parent": key}, 10.0)
             return None
         self._parents[key] = (parent, run)
+        self._last_used[key] = time.monotonic()
         return key, run
+
+    def _idle_parent(self) -> str | None:
+        """The live parent used least recently of those no kernel forked from it is running
+        in (its kernels die with it), or None. A kernel started ahead of need from it has run
+        nothing yet: it is dropped with its parent. Issue 22: the first prefixes asked for no
+        longer keep every slot for the pool's life while a class mostly uses another.
+        Called with the pool's lock held, so nothing is forked from a parent meanwhile."""
+        live = [key for key, entry in self._parents.items() if entry is not None]
+        for key in sorted(live, key=lambda k: self._last_used.get(k, 0.0)):
+            kernels = [k for k in self._children.get(key, []) if k.alive()]
+            self._children[key] = kernels
+            with self._spare_lock:  # the spare is taken under this lock: decide in one go
+                if any(k is not self._spare for k in kernels):
+                    continue
+                spare, self._spare = (self._spare, None) if kernels else (None, self._spare)
+            if spare is not None:
+                spare.cleanup()
+            return key
+        return None
+
+    def _retire_parent(self, key: str) -> None:
+        """Stop a parent to make room (not a failure: it is made again when asked for)."""
+        entry = self._parents.pop(key, None)
+        self._last_used.pop(key, None)
+        self._children.pop(key, None)
+        if entry is not None:
+            entry[0].cleanup()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._send({"op": "drop", "parent": key}, 10.0)
 
     def _spawn_locked(self, limits: RunLimits, prefix: LabPrefix | None = None) -> ForkedKernel:
         self._start_locked(START_TIMEOUT)
@@ -388,6 +429,8 @@ class KernelPool:
             if not reply.get("ok"):
                 raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
             kernel.attach()
+            if warm is not None:
+                self._children.setdefault(warm[0], []).append(kernel)
         except (OSError, PoolUnavailable) as exc:
             kernel.cleanup()
             if self.proc is not None:
@@ -402,6 +445,8 @@ class KernelPool:
         """A parent that stopped serving (killed, out of CPU time): made anew when next asked
         for, up to MAX_REMAKES times; then that prefix runs in full for the pool's life."""
         entry = self._parents.pop(key, None)
+        self._last_used.pop(key, None)
+        self._children.pop(key, None)
         if entry is not None:
             entry[0].cleanup()
         self._remade[key] = self._remade.get(key, 0) + 1
@@ -483,6 +528,8 @@ class KernelPool:
 
     def _stop_locked(self) -> None:
         parents, self._parents = self._parents, {}
+        self._children.clear()
+        self._last_used.clear()
         for entry in parents.values():  # they die with the zygote; their cgroups and uids here
             if entry is not None:
                 entry[0].cleanup()

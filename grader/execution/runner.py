@@ -66,6 +66,8 @@ from grader.models import CellRun, Execution
 __all__ = ["RunLimits", "SandboxUnavailable", "execute", "execute_async"]
 
 PROBE_TIMEOUT = 60.0
+SKIP_TAG = "skip-execution"  # nbclient's default: a cell tagged so is not run
+SKIPPED = "\x00 skipped for its tag"  # such a cell, to the lab matcher: no lab cell reads so
 FLUSH_TIMEOUT = 15.0
 CANCEL_TIMEOUT = 5.0  # seconds we wait for a cancelled nbclient task to unwind
 TRACEBACK_LINES = 30
@@ -243,6 +245,19 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, nbformat.NotebookN
     ]
 
 
+def _reusable_sources(nb: nbformat.NotebookNode) -> list[str]:
+    """The sources of the cells `_run_cells` runs, to match against the known labs; a cell
+    nbclient skips for its tag stands as a text no lab cell is, so the match ends before it
+    (a warm parent runs every cell of its prefix: a skipped lab cell must not be run on the
+    learner's behalf)."""
+    sources = []
+    for _, cell in _code_cells(nb):
+        tags = cell.get("metadata", {}).get("tags", [])
+        skipped = isinstance(tags, str | list | tuple) and SKIP_TAG in tags  # nbclient's test
+        sources.append(SKIPPED if skipped else str(cell.get("source", "")))
+    return sources
+
+
 def _replay(reader: ProbeReader, reused: PrefixRun, nb: nbformat.NotebookNode) -> None:
     """Feed the parent's records for the reused cells to `reader`, each against its cell."""
     for (index, _), records in zip(_code_cells(nb), reused.records, strict=False):
@@ -310,7 +325,7 @@ async def execute_async(
     mark = monotonic()
     pool_notes: list[str] = []  # last among the notes: readers look for the kernel's own first
     wanted = reuse and seed_override is None and pool is not None
-    cells = [str(cell.get("source", "")) for _, cell in _code_cells(nb)] if wanted else []
+    cells = _reusable_sources(nb) if wanted else []
     kernel, kc, context, error = await _ready_kernel(limits, pool, pool_notes, cells)
     reused: PrefixRun | None = getattr(kernel, "reused", None) if cells else None
     origin: Literal["fresh", "warm"] = "warm" if kernel.origin == "warm" else "fresh"
@@ -355,7 +370,9 @@ async def execute_async(
             _replay(reader, reused, nb)
         kernel.seal()
         phase("probe")
-        client = CellClient(nb, reader, km=None, allow_errors=True, timeout=None)
+        client = CellClient(
+            nb, reader, km=None, allow_errors=True, timeout=None, skip_cells_with_tag=SKIP_TAG
+        )
         client.kc = kc
         last = await _run_cells(client, kernel, kc, nb, limits, ex, reused)
         phase("cells")

@@ -185,7 +185,7 @@ class _Side(asyncio.Protocol):
             peer.transport.write(data)
             return
         # The other end is not connected yet. `pause_reading()` in `connection_made` does not
-        # hold these bytes back on every Python: before 3.11.5 (Debian 12's python3.11, what
+        # hold these bytes back on every Python: in early 3.11 releases (Debian 12's 3.11.2, what
         # a course's venv is made of) the selector transport starts reading anyway, and the
         # ZMTP greeting that came early was lost: both ends then waited for ever (issue 22).
         # Keep them (bounded) until `pair` hands them on.

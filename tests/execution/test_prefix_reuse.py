@@ -13,27 +13,15 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
 
 from grader.execution.prefix import match
-from grader.models import Execution, GradeResult
-from tests.helpers import SUBMISSIONS, GradedSamples, lab_samples
+from grader.models import GradeResult
+from tests.helpers import SUBMISSIONS, GradedSamples, comparable, lab_samples
 
 pytestmark = pytest.mark.slow
-
-TIMING = {"seconds", "phases"}  # timing fields of an Execution, and of each cell run
-MARKER = "reused_cells"
-
-
-def comparable(execution: Execution) -> dict[str, Any]:
-    """The Execution without its timing fields and the reuse marker."""
-    data = execution.model_dump(exclude=TIMING | {MARKER})
-    for cell in data["cells"]:
-        del cell["seconds"]
-    return data
 
 
 @pytest.fixture(scope="module")

@@ -346,6 +346,14 @@ def install(mime: str, seed_override: int | None, settings: dict[str, Any]) -> N
         state["figures"] = int(figures)
         state["noted"].update(str(text) for text in noted)
         scan_variables(quiet=True)
+        # The lab's `random` state as the parent left it (the zygote put it aside): set back
+        # only now, after the kernel's start drew from `random` (IPython's banner tip), so
+        # the learner's next cell draws what it draws in a full run.
+        lab = sys.modules.pop("_mbgd_lab", None)
+        if lab is not None:
+            import random
+
+            random.setstate(lab.random_state)
 
     def snapshot() -> dict[str, Any]:
         """What `prime` needs, read in the warm parent after its last cell."""

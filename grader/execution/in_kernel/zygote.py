@@ -54,6 +54,7 @@ import random
 import select
 import signal
 import sys
+import types
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
@@ -73,6 +74,9 @@ MAX_REPLY = 256 << 20
 
 PARENTS: dict[str, tuple[int, int, int]] = {}  # in the zygote: key -> pid, request fd, reply fd
 PREFIX: dict[str, Any] = {}  # in a parent: the shell that ran the lab's cells
+# IPython's running names of a shell, carried from the parent's shell to its kernels' shells
+INPUT_NAMES = ("_i00", "_i", "_ii", "_iii")  # the history manager's
+OUTPUT_NAMES = ("_", "__", "___")  # the display hook's
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -105,6 +109,16 @@ def warm(modules: list[str]) -> None:
         __import__(name)
     gc.collect()
     gc.freeze()
+
+
+def reseed() -> None:
+    """Fresh `random` and numpy generators, as a process that imported them itself has: what
+    the zygote drew once must not be shared by every kernel forked from it. torch's generator
+    needs nothing: it starts from a fixed seed in every process."""
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
 
 
 def bind_back(fd: int, path: str, *, read_only: bool) -> None:
@@ -165,10 +179,14 @@ def become_kernel(req: dict[str, Any], ready_fd: int) -> None:
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(home)
-    random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
+    if "shell" in PREFIX:  # a warm parent's kernel goes on from the lab's RNG state
+        # `random`: every fork on the way reseeded it (it asks os.fork to), and ipykernel's
+        # banner draws a tip from it: the probe's `prime` sets the lab's state back last
+        lab = types.ModuleType("_mbgd_lab")
+        lab.random_state = PREFIX["random"]  # type: ignore[attr-defined]
+        sys.modules["_mbgd_lab"] = lab
+    else:
+        reseed()
 
     with open("/proc/sys/kernel/cap_last_cap") as fh:
         last_cap = int(fh.read())
@@ -207,9 +225,13 @@ def launch_on_prefix(old: Any) -> None:
 
     history = old.history_manager
     count = old.execution_count
+    ns = old.user_ns
+    hidden = dict(old.user_ns_hidden)  # what %who leaves out: IPython's names, not the lab's
+    shown = [name for name in ns if name not in hidden and name not in PREFIX["before"]]
+    outputs = {name: ns.get(name, "") for name in OUTPUT_NAMES}
     InteractiveShell.clear_instance()
-    app = IPKernelApp.instance(user_ns=old.user_ns)
-    app.initialize()
+    app = IPKernelApp.instance(user_ns=ns)
+    app.initialize()  # a new shell resets `_`.., `_i`.. and hides every name already in ns
     shell = app.shell
     assert shell is not None
     new = shell.history_manager
@@ -217,6 +239,16 @@ def launch_on_prefix(old: Any) -> None:
     new.input_hist_parsed[:] = history.input_hist_parsed
     new.input_hist_raw[:] = history.input_hist_raw
     new.output_hist.update(history.output_hist)
+    for name in INPUT_NAMES:  # the next cell's `_i`, `_ii`, `_iii` follow on from these
+        setattr(new, name, getattr(history, name))
+    for name in OUTPUT_NAMES:  # and its `_`, `__`, `___` from these
+        setattr(shell.displayhook, name, getattr(old.displayhook, name))
+    ns.update(outputs)
+    for name in shown:
+        shell.user_ns_hidden.pop(name, None)
+    for name, value in hidden.items():  # the display hook tells `_` set by the learner
+        if ns.get(name) is value or name not in shell.user_ns_hidden:  # by identity here
+            shell.user_ns_hidden[name] = value
     shell.execution_count = count
     # which cell file is "Cell In[n]" in a traceback through a function the lab defined
     shell.compile._filename_map.update(old.compile._filename_map)
@@ -397,6 +429,7 @@ def prefix_parent(req: dict[str, Any], requests: int, replies: int) -> None:
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(os.path.join(workdir, "home"))
+    reseed()  # the lab's cells start from fresh generators; its kernels then keep their state
     os.setgroups([])
     os.setresgid(uid, uid, 0)
     os.setresuid(uid, uid, 0)  # no effective capabilities from here on (see the docstring)
@@ -439,6 +472,7 @@ def run_prefix(req: dict[str, Any]) -> dict[str, Any]:
     config.InteractiveShell.xmode = "Plain"
     config.InteractiveShell.colors = "nocolor"
     shell = InteractiveShell.instance(config=config, compiler_class=compiler.XCachingCompiler)
+    PREFIX["before"] = set(shell.user_ns)  # a new shell's own names, not the lab's
     records: list[str] = []
     mime = "application/x-mbgd-parent+json"
 
@@ -483,6 +517,7 @@ def run_prefix(req: dict[str, Any]) -> dict[str, Any]:
                 setattr(axes, name, method)
         plt.show = show
     PREFIX["shell"] = shell
+    PREFIX["random"] = random.getstate()  # every fork reseeds `random` in the child
     return {"ok": True, "cells": cells, "probe": state}
 
 
