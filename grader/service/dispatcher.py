@@ -25,6 +25,7 @@ from grader.service import callback, lti
 from grader.service.db import Database
 from grader.service.grading import Grader
 from grader.service.settings import Settings
+from grader.service.wake import wait_for_wake
 
 log = logging.getLogger("grader.service")
 
@@ -77,6 +78,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._fingerprint: str | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         """Intake committed a row: let an idle slot pick it up now rather than at its next poll."""
@@ -94,6 +96,10 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
+        """End every slot (a row being graded stays "running" and is requeued at the next
+        start); the flag, not the cancel alone, ends an idle one (`grader.service.wake`)."""
+        self._stopping = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -102,16 +108,16 @@ class Dispatcher:
         await self.grader.close()
 
     async def _slot(self, number: int) -> None:
-        while True:
+        while not self._stopping:
             try:
                 row = await asyncio.to_thread(self.db.claim)
             except Exception:  # logged: a locked or full disk must not kill the slot
                 log.exception("slot %d: could not claim work", number)
                 row = None
             if row is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                if not self._stopping:
+                    self._wake.clear()
+                    await wait_for_wake(self._wake, 1.0)
                 continue
             try:
                 await self._process(row)

@@ -24,6 +24,7 @@ from grader import __version__
 from grader.service.db import Database
 from grader.service.settings import Settings
 from grader.service.signing import sign_headers
+from grader.service.wake import wait_for_wake
 
 log = logging.getLogger("grader.service.outbox")
 
@@ -54,6 +55,7 @@ class DeliveryLoop:
         self._sem = asyncio.Semaphore(CONCURRENCY)
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -68,6 +70,11 @@ class DeliveryLoop:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
+        """End the loop (rows in flight are cancelled, and stay due in the database).
+
+        The flag, not the cancel alone, ends it (see `grader.service.wake`)."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -78,7 +85,7 @@ class DeliveryLoop:
     async def _run(self) -> None:
         running: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while not self._stopping:
                 self._wake.clear()
                 room = CONCURRENCY * 2 - len(self._inflight)
                 try:
@@ -104,8 +111,9 @@ class DeliveryLoop:
                 wait = 2.0
                 if next_at is not None and next_at > time.time():
                     wait = max(0.05, min(2.0, next_at - time.time()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                if self._stopping:
+                    break
+                await wait_for_wake(self._wake, wait)
         finally:
             for task in running:
                 task.cancel()

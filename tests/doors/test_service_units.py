@@ -384,3 +384,65 @@ def test_the_signatures_load_neither_fastapi_nor_the_grading_core() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_stop_ends_the_delivery_loop_even_when_a_wake_lands_with_the_cancel(tmp_path) -> None:
+    """On Python 3.11, `asyncio.wait_for` returns instead of raising when the cancel lands in
+    the same turn as what it waits for (a row arriving, a delivery ending): the service's
+    shutdown then waited for the loop for ever. Now it ends within a wait."""
+    import asyncio
+
+    from grader.service.outbox import Outbox
+
+    settings = from_environment(
+        db=str(tmp_path / "stop.db"),
+        env={"MBGD_WEBHOOK_SECRET": SECRET, "MBGD_CALLBACK_SECRET": OTHER},
+    )
+    db = Database(settings.db_path)
+
+    async def wake_then_stop() -> None:
+        outbox = Outbox(db, settings)
+        await outbox.start()
+        await asyncio.sleep(0.2)  # the loop waits for a wake now
+        outbox.wake()
+        stopping = asyncio.ensure_future(outbox.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
+        if not done:
+            stopping.cancel()  # a second cancel does get through: clean up, then fail
+            await asyncio.wait({stopping}, timeout=10)
+        assert done, "stop() did not end the delivery loop"
+
+    for _ in range(3):
+        asyncio.run(wake_then_stop())
+
+
+def test_stop_ends_every_grading_slot_even_when_a_wake_lands_with_the_cancel(
+    tmp_path, monkeypatch
+) -> None:
+    """The dispatcher's idle slots wait the same way: a submission's intake in the turn the
+    service shuts down must not keep a slot (and the shutdown) going."""
+    import asyncio
+
+    from grader.service.dispatcher import Dispatcher
+    from grader.service.grading import LocalGrader
+
+    monkeypatch.setenv("MBGD_WARM_POOL", "0")  # no zygote: the slots stay idle
+    settings = from_environment(
+        db=str(tmp_path / "slots.db"),
+        env={"MBGD_WEBHOOK_SECRET": SECRET, "MBGD_CALLBACK_SECRET": OTHER},
+    )
+    db = Database(settings.db_path)
+
+    async def wake_then_stop() -> None:
+        dispatcher = Dispatcher(db, settings, LocalGrader())
+        await dispatcher.start()
+        await asyncio.sleep(0.3)  # every slot waits for a wake now
+        dispatcher.wake()
+        stopping = asyncio.ensure_future(dispatcher.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
+        if not done:
+            stopping.cancel()
+            await asyncio.wait({stopping}, timeout=10)
+        assert done, "stop() did not end the grading slots"
+
+    asyncio.run(wake_then_stop())
