@@ -119,6 +119,18 @@ def _follows(values: list[float] | None, secret_seed: int, rubric: Rubric) -> bo
     return starts_with(values, want, Tolerance(rubric.answer.rtol, rubric.answer.atol))
 
 
+def _apply_integrity(
+    result: GradeResult, values: list[float] | None, rubric: Rubric, secret_seed: int
+) -> None:
+    """Add the secret-seed check to `result`; a failed one flags the grade as hard-coded."""
+    check = _integrity_check(result, values, rubric, secret_seed)
+    result.checks = [c for c in result.checks if c.id != check.id] + [check]
+    result.integrity = "passed" if check.passed else "flagged"
+    if not check.passed:
+        result.mistake = result.mistake or GraderMistake.HARD_CODED
+        result.diagnosis = check.message
+
+
 def _integrity_check(
     first: GradeResult, values: list[float] | None, rubric: Rubric, secret_seed: int
 ) -> CheckResult:
@@ -206,12 +218,7 @@ async def grade_submission(
             submission, options, result.answer_name, secret_seed, pool
         )
         # off the event loop that feeds the other kernels: it trains the reference anew
-        check = await asyncio.to_thread(_integrity_check, result, values, rubric, secret_seed)
-        result.checks = [c for c in result.checks if c.id != check.id] + [check]
-        result.integrity = "passed" if check.passed else "flagged"
-        if not check.passed:
-            result.mistake = result.mistake or GraderMistake.HARD_CODED
-            result.diagnosis = check.message
+        await asyncio.to_thread(_apply_integrity, result, values, rubric, secret_seed)
     _flag_literals(result, submission, rubric)
     result.status = _status(result, execution)  # type: ignore[assignment]
     result.submission = submission.name

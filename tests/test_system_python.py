@@ -55,17 +55,15 @@ def venv(tmp_path_factory) -> Path:
     return work / "venv"
 
 
+def pytest_in(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest run by the venv's own interpreter."""
+    argv = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_the_guard_relays_under_the_system_python(venv: Path) -> None:
     """No kernel: the guard's relay test, run by that interpreter (failed there before)."""
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-        + ["tests/execution/test_bounds.py", "-k", "guard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = pytest_in(venv, ROOT, "tests/execution/test_bounds.py", "-k", "guard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
 
@@ -116,14 +114,6 @@ def test_the_learners_plugin_on_the_system_python(venv: Path, tmp_path: Path) ->
     """The learner's door, on the portable kernel (tcp on loopback, guarded the same way)."""
     notebook = tmp_path / "my_lab.ipynb"
     shutil.copyfile(SUBMISSIONS / "correct" / "loss20.ipynb", notebook)
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider"]
-        + ["--mbgd-notebook", str(notebook), "--mbgd-portable", "-q"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = pytest_in(venv, tmp_path, "--mbgd-notebook", str(notebook), "--mbgd-portable")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "10/10" in done.stdout or "10.0/10" in done.stdout, done.stdout[-4000:]

@@ -6,6 +6,8 @@ import base64
 import json
 import sqlite3
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -386,6 +388,19 @@ def test_the_signatures_load_neither_fastapi_nor_the_grading_core() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+async def _ends(stop: Coroutine[Any, Any, None], seconds: float = 10) -> bool:
+    """Does `stop` end within `seconds`? Waits without cancelling it (a timeout that cancels
+    would end a hung stop() itself); a hung one is then cancelled, which does get through."""
+    import asyncio
+
+    stopping = asyncio.ensure_future(stop)
+    done, _ = await asyncio.wait({stopping}, timeout=seconds)
+    if not done:
+        stopping.cancel()
+        await asyncio.wait({stopping}, timeout=seconds)
+    return bool(done)
+
+
 def test_stop_ends_the_delivery_loop_even_when_a_wake_lands_with_the_cancel(tmp_path) -> None:
     """On Python 3.11, `asyncio.wait_for` returns instead of raising when the cancel lands in
     the same turn as what it waits for (a row arriving, a delivery ending): the service's
@@ -405,12 +420,7 @@ def test_stop_ends_the_delivery_loop_even_when_a_wake_lands_with_the_cancel(tmp_
         await outbox.start()
         await asyncio.sleep(0.2)  # the loop waits for a wake now
         outbox.wake()
-        stopping = asyncio.ensure_future(outbox.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
-        if not done:
-            stopping.cancel()  # a second cancel does get through: clean up, then fail
-            await asyncio.wait({stopping}, timeout=10)
-        assert done, "stop() did not end the delivery loop"
+        assert await _ends(outbox.stop()), "stop() did not end the delivery loop"
 
     for _ in range(3):
         asyncio.run(wake_then_stop())
@@ -438,11 +448,6 @@ def test_stop_ends_every_grading_slot_even_when_a_wake_lands_with_the_cancel(
         await dispatcher.start()
         await asyncio.sleep(0.3)  # every slot waits for a wake now
         dispatcher.wake()
-        stopping = asyncio.ensure_future(dispatcher.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
-        if not done:
-            stopping.cancel()
-            await asyncio.wait({stopping}, timeout=10)
-        assert done, "stop() did not end the grading slots"
+        assert await _ends(dispatcher.stop()), "stop() did not end the grading slots"
 
     asyncio.run(wake_then_stop())

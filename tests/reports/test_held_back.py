@@ -9,7 +9,7 @@ results.json, the service's comment, the XQueue message, Coursera's text and pag
 the held check's message, any sentence of it, or the words that state its verdict.
 
 Grades come from the real checks on hand-built Executions (no kernels); the secret-seed
-check is the pipeline's own (`_integrity_check`), applied as the pipeline applies it.
+check is the pipeline's own (`_apply_integrity`), applied as the pipeline applies it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pytest
 
 from grader.grading.checks import evaluate
 from grader.grading.rubric import CheckSpec, Rubric
-from grader.models import ALWAYS_SHOWN, CellRun, CheckId, Figure, GradeResult, GraderMistake
-from grader.pipeline import _flag_literals, _integrity_check
+from grader.models import ALWAYS_SHOWN, CellRun, CheckId, Figure, GradeResult
+from grader.pipeline import _apply_integrity, _flag_literals, _integrity_check
 from grader.platforms.coursera import html_feedback, text_feedback
 from grader.reports.feedback import feedback_html, gradescope_json
 from grader.reports.learner_view import learner_view
@@ -64,12 +64,7 @@ def _rerun(follows: bool, source: str = "") -> Callable[[Any, Any], GradeResult]
         result = evaluate(execution, rubric)
         secret = 7
         values = expected(seed=secret)["LOSS20"] if follows else WANT["LOSS20"]
-        check = _integrity_check(result, values, rubric, secret)
-        result.checks = [c for c in result.checks if c.id != check.id] + [check]
-        result.integrity = "passed" if check.passed else "flagged"
-        if not check.passed:
-            result.mistake = result.mistake or GraderMistake.HARD_CODED
-            result.diagnosis = check.message
+        _apply_integrity(result, values, rubric, secret)
         _flag_literals(result, submission, rubric)
         return result
 
