@@ -27,6 +27,7 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from grader.grading.rubric import Rubric, default_rubric_text, parse_rubric
 from grader.models import (
     Axes,
     CellRun,
@@ -37,7 +38,7 @@ from grader.models import (
     Line,
     Variable,
 )
-from reference import METHODS, expected, make_data
+from reference import METHODS, expected, make_data, mistake_variants
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
 SUBMISSIONS = ROOT / "submissions"
@@ -337,6 +338,47 @@ def lab_execution(
         figures=figures,
         variables={name: variable(name, values) for name, values in variables.items()},
     )
+
+
+# -- per-check visibility (tests/reports, tests/grading) ---------------------------------------
+
+
+def rubric_with(**visibility: str) -> Rubric:
+    """The default rubric with some checks' visibility set (check id -> visibility)."""
+    text = default_rubric_text()
+    for check_id, value in visibility.items():
+        anchor = f'id = "{check_id}"\n'
+        assert anchor in text
+        text = text.replace(anchor, f'{anchor}visibility = "{value}"\n')
+    return parse_rubric(text)
+
+
+_WANT = expected()
+# Pairs of notebooks that differ in one check only: (check id, passing Execution, failing one)
+WRONG_LOSS20 = {**_WANT, "LOSS20": mistake_variants()["batch_size_10"]}
+PAIRS = {
+    "loss20.values": (lab_execution(), lab_execution(variables=WRONG_LOSS20)),
+    "notebook.runs": (
+        lab_execution(),
+        lab_execution(
+            cells=[
+                CellRun(index=0, status="ok"),
+                CellRun(
+                    index=1,
+                    status="error",
+                    error_name="NameError",
+                    error_value="name 'oops' is not defined",
+                    traceback="Traceback (most recent call last):\nNameError: oops",
+                ),
+                CellRun(index=2, status="ok"),
+            ]
+        ),
+    ),
+    "plot.legend": (
+        lab_execution(),
+        lab_execution(figures=[Figure(cell=2, axes=[comparison_axes(_WANT, legend=False)])]),
+    ),
+}
 
 
 # -- course platforms (tests/platforms) --------------------------------------------------------

@@ -389,6 +389,8 @@ def check_plot_loss20(spec: CheckSpec, facts: Facts) -> CheckResult:
         )
     if not facts.execution.figures:
         return _result(spec, False, "The notebook drew no figures.")
+    if own_line is not None:  # the answer is plotted; what is wrong with it is not ours to say
+        return _result(spec, False, "None of the plotted lines shows the expected batch-20 losses.")
     return _result(
         spec,
         False,

@@ -34,8 +34,7 @@ from grader.service.dispatcher import _comment
 from grader.submission import load
 from grader.xqueue.feedback import message_html
 from reference import METHODS, expected, mistake_variants
-from tests.helpers import comparison_axes, lab_execution
-from tests.reports.test_learner_view import PAIRS, rubric_with
+from tests.helpers import PAIRS, comparison_axes, lab_execution, rubric_with
 
 WANT = expected()
 STALE = mistake_variants()["batch_size_10"]
@@ -258,3 +257,12 @@ def test_checks_shown_together_may_tell_each_others_findings():
     assert "batch-size-10" in plotted(**{"loss20.values": both, "plot.loss20": both})
     assert "batch-size-10" in plotted(**{"plot.loss20": "hidden"})  # never read by a learner
     assert "batch-size-10" not in plotted(**{"loss20.values": both})
+
+
+def test_a_plotted_answer_is_not_told_to_be_plotted_while_its_values_are_held_back():
+    """The learner plotted LOSS20 (batch-10 numbers): with loss20.values held back, the plot
+    check neither says why the line is off nor tells them to plot LOSS20, which they did."""
+    result = evaluate(STALE_EVERYWHERE, rubric_with(**{"loss20.values": "hidden"}))
+    plotted = next(c for c in result.checks if c.id == CheckId.PLOT_LOSS20)
+    assert not plotted.passed
+    assert plotted.message == "None of the plotted lines shows the expected batch-20 losses."

@@ -16,58 +16,23 @@ import re
 import pytest
 
 from grader.grading.checks import evaluate
-from grader.grading.rubric import Rubric, default_rubric_text, parse_rubric
-from grader.models import CellRun, Figure, GradeResult
+from grader.grading.rubric import default_rubric_text, parse_rubric
+from grader.models import GradeResult
 from grader.platforms.coursera import text_feedback
 from grader.reports.feedback import feedback_html, gradescope_json
 from grader.reports.learner_view import ALL_SHOWN_PASSED, learner_view
 from grader.service.dispatcher import _comment
 from grader.xqueue.feedback import message_html
-from reference import expected, mistake_variants
-from tests.helpers import comparison_axes, lab_execution
+from reference import expected
+from tests.helpers import PAIRS, lab_execution, rubric_with
 
 WANT = expected()
-
-
-def rubric_with(**visibility: str) -> Rubric:
-    """The default rubric with some checks' visibility set (check id -> visibility)."""
-    text = default_rubric_text()
-    for check_id, value in visibility.items():
-        anchor = f'id = "{check_id}"\n'
-        assert anchor in text
-        text = text.replace(anchor, f'{anchor}visibility = "{value}"\n')
-    return parse_rubric(text)
 
 
 def correct() -> GradeResult:
     return evaluate(lab_execution(), RUBRIC_PLAIN)
 
 
-# Pairs of notebooks that differ in one check only: (check id, passing Execution, failing one)
-WRONG_LOSS20 = {**WANT, "LOSS20": mistake_variants()["batch_size_10"]}
-PAIRS = {
-    "loss20.values": (lab_execution(), lab_execution(variables=WRONG_LOSS20)),
-    "notebook.runs": (
-        lab_execution(),
-        lab_execution(
-            cells=[
-                CellRun(index=0, status="ok"),
-                CellRun(
-                    index=1,
-                    status="error",
-                    error_name="NameError",
-                    error_value="name 'oops' is not defined",
-                    traceback="Traceback (most recent call last):\nNameError: oops",
-                ),
-                CellRun(index=2, status="ok"),
-            ]
-        ),
-    ),
-    "plot.legend": (
-        lab_execution(),
-        lab_execution(figures=[Figure(cell=2, axes=[comparison_axes(WANT, legend=False)])]),
-    ),
-}
 RUBRIC_PLAIN = parse_rubric(default_rubric_text())
 
 
