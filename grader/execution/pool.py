@@ -429,8 +429,9 @@ class KernelPool:
             if not reply.get("ok"):
                 raise PoolUnavailable(f"spawn failed: {reply.get('error', 'no reply')}")
             kernel.attach()
-            if warm is not None:
-                self._children.setdefault(warm[0], []).append(kernel)
+            if warm is not None:  # kept while they run: the harness's memory stays bounded
+                running = [k for k in self._children.get(warm[0], []) if k.alive()]
+                self._children[warm[0]] = [*running, kernel]
         except (OSError, PoolUnavailable) as exc:
             kernel.cleanup()
             if self.proc is not None:

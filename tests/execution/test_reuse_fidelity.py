@@ -150,3 +150,7 @@ def test_a_later_prefix_gets_a_parent_when_early_ones_hold_every_slot(
     assert len(later.reused_cells) == len(code)  # the first parent made room
     again = run(pool, with_cells(early, "x = 3"), reuse=True)
     assert len(again.reused_cells) == 6
+    for _ in range(3):
+        run(pool, with_cells(early, "x = 4"), reuse=True)
+    # the pool remembers the kernels a parent has running, not every kernel it ever forked
+    assert max(len(kernels) for kernels in pool._children.values()) <= 2  # one ran, a spare
