@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -379,14 +379,23 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeXQueue]:
 # -- the client, without kernels ----------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def client_of(fake: FakeXQueue, password: str = PASSWORD) -> AsyncIterator[XQueueClient]:
+    """A client of the fake server as the worker's user, closed afterwards."""
+    client = XQueueClient(fake.url, USER, password)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 def test_client_pulls_downloads_and_answers_and_logs_in_again(fake: FakeXQueue) -> None:
     notebook = quick_notebook("correct", "client")
     fake.add("7", {"notes.txt": b"x", "lab.ipynb": notebook}, {"points": 3})
     fake.add("8r", {"lab.ipynb": notebook})  # a relative file URL, as Django storage gives
 
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, PASSWORD)
-        try:
+        async with client_of(fake) as client:
             await client.login()
             assert (
                 client.server == {"xqueue": "xqueue", "submissions": "edx-submissions"}[fake.style]
@@ -410,8 +419,6 @@ def test_client_pulls_downloads_and_answers_and_logs_in_again(fake: FakeXQueue) 
             stale = first.header.replace(fake.handed["7"].key, "0" * 32)
             refused = await client.put_result(stale, answer)
             assert not refused.ok and refused.content == "Incorrect key for submission"
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
     assert fake.logins == 3
@@ -424,8 +431,7 @@ def test_client_bounds_downloads_and_names_what_failed(fake: FakeXQueue) -> None
     fake.add("9", {"huge.ipynb": b"{" + b" " * MAX_FILE, "gone.ipynb": None})
 
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, PASSWORD)
-        try:
+        async with client_of(fake) as client:
             await client.login()
             pulled = await client.get_submission(QUEUE)
             assert pulled is not None
@@ -438,20 +444,15 @@ def test_client_bounds_downloads_and_names_what_failed(fake: FakeXQueue) -> None
             with pytest.raises(Download, match="not http") as odd:
                 await client.download("file:///etc/passwd")
             assert odd.value.final
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
 
 
 def test_wrong_password_is_a_clear_login_failure(fake: FakeXQueue) -> None:
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, "wrong")
-        try:
+        async with client_of(fake, "wrong") as client:
             with pytest.raises(LoginFailed, match="Incorrect login credentials"):
                 await client.login()
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
 
@@ -461,13 +462,10 @@ def test_a_user_outside_the_xqueue_group_is_told_so() -> None:
     fake = FakeXQueue(style="submissions", in_group=False)
 
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, PASSWORD)
-        try:
+        async with client_of(fake) as client:
             await client.login()
             with pytest.raises(LoginFailed, match="group 'xqueue'"):
                 await client.get_submission(QUEUE)
-        finally:
-            await client.close()
 
     try:
         asyncio.run(scenario())
@@ -491,8 +489,7 @@ def test_downloads_carry_the_session_to_the_xqueue_server_only_and_follow_no_red
     fake.routes["/files/11/moved.ipynb"] = moved
 
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, PASSWORD)
-        try:
+        async with client_of(fake) as client:
             await client.login()
             pulled = await client.get_submission(QUEUE)
             assert pulled is not None
@@ -501,8 +498,6 @@ def test_downloads_carry_the_session_to_the_xqueue_server_only_and_follow_no_red
             with pytest.raises(Download, match="redirect") as redirected:
                 await client.download(fake.url + "/files/11/moved.ipynb")
             assert redirected.value.final
-        finally:
-            await client.close()
 
     try:
         asyncio.run(scenario())
@@ -534,16 +529,13 @@ def test_a_download_has_a_total_deadline_not_only_a_size_cap(fake: FakeXQueue) -
     fake.routes["/files/drip.ipynb"] = drip
 
     async def scenario() -> None:
-        client = XQueueClient(fake.url, USER, PASSWORD)
-        client.download_timeout = 1.0
-        try:
+        async with client_of(fake) as client:
+            client.download_timeout = 1.0
             started = time.monotonic()
             with pytest.raises(Download, match="took longer than 1 s") as slow:
                 await client.download("/files/drip.ipynb")
             assert time.monotonic() - started < 3
             assert not slow.value.final  # a slow network may be quicker next time
-        finally:
-            await client.close()
 
     asyncio.run(scenario())
 
