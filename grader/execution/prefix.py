@@ -136,11 +136,12 @@ class LabNotebookError(ValueError):
     """A lab notebook given with --lab cannot be read; the text says which and why."""
 
 
-def _code_sources(nb: nbformat.NotebookNode) -> list[str]:
-    """The cells the runner runs: code cells with some source, their joined source strings."""
+def code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, nbformat.NotebookNode]]:
+    """The cells the runner runs, with their notebook indices: code cells with some source.
+    The one rule for it: a lab's cells are counted as a submission's are run."""
     return [
-        str(cell.get("source", ""))
-        for cell in nb.cells
+        (index, cell)
+        for index, cell in enumerate(nb.cells)
         if cell.get("cell_type") == "code" and str(cell.get("source", "")).strip()
     ]
 
@@ -152,7 +153,7 @@ def _read_lab(path: Path) -> list[str]:
         nb = nbformat.read(path, as_version=4)
     except (OSError, ValueError) as error:  # nbformat's read errors are ValueErrors
         raise LabNotebookError(f"{path}: not a readable notebook ({error})") from error
-    cells = _code_sources(nb)
+    cells = [str(cell.get("source", "")) for _, cell in code_cells(nb)]
     if len(cells) < MIN_CELLS:
         raise LabNotebookError(f"{path}: {len(cells)} code cells, too few to be the lab")
     return cells

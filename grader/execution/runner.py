@@ -52,7 +52,7 @@ from grader.execution.kernel_client import (
 from grader.execution.limits import RunLimits
 from grader.execution.pool import PoolUnavailable
 from grader.execution.portable import PortableKernel, run_sync, use_portable
-from grader.execution.prefix import PrefixRun, prime_code
+from grader.execution.prefix import PrefixRun, code_cells, prime_code
 from grader.execution.probe_reader import (
     FLUSH_CODE,
     INPUT_MESSAGE,
@@ -206,7 +206,7 @@ async def _run_cells(
     deadline = monotonic() + limits.total_timeout - spent
     last = None
     skip = len(reused.records) if reused else 0
-    for ordinal, (index, cell) in enumerate(_code_cells(nb)):
+    for ordinal, (index, cell) in enumerate(code_cells(nb)):
         if ordinal < skip:
             assert reused is not None
             ex.cells.append(CellRun(index=index, status="ok", seconds=reused.seconds[ordinal]))
@@ -236,22 +236,13 @@ async def _run_cells(
     return last
 
 
-def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, nbformat.NotebookNode]]:
-    """The cells the runner runs, with their notebook indices: code cells with some source."""
-    return [
-        (index, cell)
-        for index, cell in enumerate(nb.cells)
-        if cell.get("cell_type") == "code" and str(cell.get("source", "")).strip()
-    ]
-
-
 def _reusable_sources(nb: nbformat.NotebookNode) -> list[str]:
     """The sources of the cells `_run_cells` runs, to match against the known labs; a cell
     nbclient skips for its tag stands as a text no lab cell is, so the match ends before it
     (a warm parent runs every cell of its prefix: a skipped lab cell must not be run on the
     learner's behalf)."""
     sources = []
-    for _, cell in _code_cells(nb):
+    for _, cell in code_cells(nb):
         tags = cell.get("metadata", {}).get("tags", [])
         skipped = isinstance(tags, str | list | tuple) and SKIP_TAG in tags  # nbclient's test
         sources.append(SKIPPED if skipped else str(cell.get("source", "")))
@@ -260,7 +251,7 @@ def _reusable_sources(nb: nbformat.NotebookNode) -> list[str]:
 
 def _replay(reader: ProbeReader, reused: PrefixRun, nb: nbformat.NotebookNode) -> None:
     """Feed the parent's records for the reused cells to `reader`, each against its cell."""
-    for (index, _), records in zip(_code_cells(nb), reused.records, strict=False):
+    for (index, _), records in zip(code_cells(nb), reused.records, strict=False):
         for text in records:
             reader.feed(
                 {"msg_type": "display_data", "content": {"data": {reader.mime: text}}}, index
